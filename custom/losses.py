@@ -1,0 +1,146 @@
+"""The Dual Self-Distillation loss (paper eq. 4) and the paper's ablation presets."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from monai.losses import DiceCELoss
+
+from custom.networks import DECODER_KEY, ENCODER_KEY, PRED_KEY
+
+__all__ = ["ABLATIONS", "DSDLoss", "ablation_weights", "distillation_kl"]
+
+#: Loss weights of the paper's ablation rows (Table 1): plain backbone, deep supervision,
+#: self-distillation of decoders only, of encoders only, and both.
+ABLATIONS: dict[str, dict[str, float]] = {
+    "basic": {"eta": 0.0, "alpha1": 0.0, "alpha2": 0.0},
+    "ds": {"eta": 1.0, "alpha1": 0.0, "alpha2": 0.0},
+    "sdd": {"eta": 1.0, "alpha1": 0.0, "alpha2": 1.0},
+    "sde": {"eta": 1.0, "alpha1": 1.0, "alpha2": 0.0},
+    "dsd": {"eta": 1.0, "alpha1": 1.0, "alpha2": 1.0},
+}
+
+#: Names of the loss terms kept in :attr:`DSDLoss.latest_terms`, as logged to TensorBoard.
+TERM_NAMES = ("total", "main_dice_ce", "deep_supervision", "kl_encoder", "kl_decoder")
+
+
+def ablation_weights(name: str) -> dict[str, float]:
+    """Loss weights ``{"eta", "alpha1", "alpha2"}`` of one ablation row, case-insensitive.
+
+    Args:
+        name: one of Basic, DS, SDD, SDE, DSD.
+
+    Raises:
+        ValueError: an unknown ablation name.
+    """
+    key = name.lower()
+    if key not in ABLATIONS:
+        raise ValueError(f"Unknown ablation '{name}'; choose one of {[k.upper() for k in ABLATIONS]}.")
+    return dict(ABLATIONS[key])
+
+
+def distillation_kl(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, tau: float, detach_teacher: bool = False
+) -> torch.Tensor:
+    """Pixel-wise KL(teacher || student) of temperature-softened class distributions, times tau^2.
+
+    Summed over the class axis (dim 1), averaged over batch and voxels.
+
+    Args:
+        student_logits: ``(B, K, *spatial)`` logits of the student head.
+        teacher_logits: logits of the teacher head, same shape.
+        tau: softmax temperature.
+        detach_teacher: stop the gradient through the teacher.
+    """
+    if detach_teacher:
+        teacher_logits = teacher_logits.detach()
+    log_student = F.log_softmax(student_logits / tau, dim=1)
+    log_teacher = F.log_softmax(teacher_logits / tau, dim=1)
+    voxels = student_logits.numel() // student_logits.shape[1]
+    kl = F.kl_div(log_student, log_teacher, reduction="sum", log_target=True)
+    return kl / voxels * tau**2
+
+
+class DSDLoss(nn.Module):
+    """Dual Self-Distillation loss, paper eq. 4::
+
+        L = DiceCE(Y, G) + eta * sum_i DiceCE(D_i, G)
+            + alpha1 * sum_{i<Z} KL(E_Z -> E_i) + alpha2 * sum_{i>1} KL(D_1 -> D_i)
+
+    The deepest encoder E_Z (last of ``outputs["encoder"]``) teaches the shallower encoders, the
+    deepest decoder D_1 (first of ``outputs["decoder"]``) teaches the shallower decoders; the main
+    output takes no part in distillation. Terms whose weight is zero are not computed. Given a
+    plain tensor instead of the :class:`~custom.networks.DSDNet` dictionary (e.g. an eval-mode
+    output), the loss is ``DiceCE(Y, G)``.
+
+    By default the teacher is not detached, as in the authors' code: the KL terms then also pull the
+    teacher towards its students. ``detach_teacher=True`` gives classic one-way distillation; note
+    that encoder heads get no deep supervision, so with a detached teacher the encoder teacher's
+    head receives no gradient at all and the encoder students learn from its initial projection.
+
+    Args:
+        eta: weight of deep supervision of every decoder head.
+        alpha1: weight of the encoder distillation terms.
+        alpha2: weight of the decoder distillation terms.
+        tau: distillation temperature.
+        detach_teacher: stop gradients through the teacher logits of the KL terms.
+        dice_ce_kwargs: arguments of :class:`monai.losses.DiceCELoss`; defaults to
+            ``include_background=True, to_onehot_y=True, softmax=True``.
+
+    Raises:
+        ValueError: a negative weight or a non-positive temperature.
+    """
+
+    def __init__(
+        self,
+        eta: float = 1.0,
+        alpha1: float = 1.0,
+        alpha2: float = 1.0,
+        tau: float = 3.0,
+        detach_teacher: bool = False,
+        dice_ce_kwargs: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        if min(eta, alpha1, alpha2) < 0:
+            raise ValueError(f"Loss weights must be non-negative, got eta={eta}, alpha1={alpha1}, alpha2={alpha2}.")
+        if tau <= 0:
+            raise ValueError(f"tau must be positive, got {tau}.")
+        self.eta, self.alpha1, self.alpha2, self.tau = float(eta), float(alpha1), float(alpha2), float(tau)
+        self.detach_teacher = detach_teacher
+        kwargs = {"include_background": True, "to_onehot_y": True, "softmax": True, **(dice_ce_kwargs or {})}
+        self.dice_ce = DiceCELoss(**kwargs)
+        self.latest_terms: dict[str, torch.Tensor] = {}
+
+    @classmethod
+    def from_ablation(cls, name: str, **kwargs: Any) -> DSDLoss:
+        """Build the loss of one paper ablation row (Basic, DS, SDD, SDE, DSD); ``kwargs`` as ``__init__``."""
+        return cls(**ablation_weights(name), **kwargs)
+
+    def forward(self, outputs: torch.Tensor | Mapping[str, Any], target: torch.Tensor) -> torch.Tensor:
+        """Compute the loss and keep each term, detached, in :attr:`latest_terms`.
+
+        Args:
+            outputs: the training output of :class:`~custom.networks.DSDNet`, or plain logits.
+            target: ``(B, 1, *spatial)`` class-index labels.
+        """
+        if isinstance(outputs, torch.Tensor):
+            outputs = {PRED_KEY: outputs, ENCODER_KEY: [], DECODER_KEY: []}
+        main = self.dice_ce(outputs[PRED_KEY], target)
+        zero = main.new_zeros(())
+        encoders: Sequence[torch.Tensor] = outputs[ENCODER_KEY]
+        decoders: Sequence[torch.Tensor] = outputs[DECODER_KEY]
+        deep_supervision = sum((self.dice_ce(d, target) for d in decoders), zero) if self.eta else zero
+        kl_encoder = self._distill(encoders[-1], encoders[:-1]) if self.alpha1 and encoders else zero
+        kl_decoder = self._distill(decoders[0], decoders[1:]) if self.alpha2 and decoders else zero
+        total = main + self.eta * deep_supervision + self.alpha1 * kl_encoder + self.alpha2 * kl_decoder
+        terms = (total, main, deep_supervision, kl_encoder, kl_decoder)
+        self.latest_terms = {name: value.detach() for name, value in zip(TERM_NAMES, terms)}
+        return total
+
+    def _distill(self, teacher: torch.Tensor, students: Sequence[torch.Tensor]) -> torch.Tensor:
+        zero = teacher.new_zeros(())
+        return sum((distillation_kl(s, teacher, self.tau, self.detach_teacher) for s in students), zero)

@@ -1,0 +1,236 @@
+"""Dual Self-Distillation wrapper that attaches training-only heads to any U-shaped backbone."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import partial
+
+import torch
+import torch.nn as nn
+from monai.networks.layers import Conv
+
+__all__ = ["TAP_INPUT_SUFFIX", "BottleneckHead", "DSDNet", "parse_tap", "upsampling_steps"]
+
+#: A tap named ``"<module>:input"`` reads the first positional input of the module instead of its output.
+TAP_INPUT_SUFFIX = ":input"
+
+#: Keys of the dictionary returned by :class:`DSDNet` in training mode.
+PRED_KEY, ENCODER_KEY, DECODER_KEY = "pred", "encoder", "decoder"
+
+
+def parse_tap(tap: str) -> tuple[str, bool]:
+    """Split a tap specification into the module name and whether the module's input is tapped.
+
+    Args:
+        tap: ``"decoder3"`` taps the output of ``decoder3``; ``"decoder5:input"`` taps its first input.
+
+    Returns:
+        ``(module_name, is_input)``.
+    """
+    if tap.endswith(TAP_INPUT_SUFFIX):
+        return tap[: -len(TAP_INPUT_SUFFIX)], True
+    return tap, False
+
+
+def upsampling_steps(scale: Sequence[int]) -> list[tuple[int, ...]]:
+    """Decompose a per-axis integer scale factor into transposed-convolution strides.
+
+    Factors of two come first, one step each, so that isotropic powers of two need a single
+    shared ``x2`` kernel; an odd remainder of an axis is taken in one final step.
+
+    Args:
+        scale: integer upsampling factor of each spatial axis.
+
+    Returns:
+        The stride of each step, in order; empty when every factor is 1.
+    """
+    remaining = list(scale)
+    steps: list[tuple[int, ...]] = []
+    while any(s % 2 == 0 for s in remaining):
+        step = tuple(2 if s % 2 == 0 else 1 for s in remaining)
+        remaining = [s // f for s, f in zip(remaining, step)]
+        steps.append(step)
+    if any(s > 1 for s in remaining):
+        steps.append(tuple(remaining))
+    return steps
+
+
+class BottleneckHead(nn.Module):
+    """The paper's bottleneck module: a 1x1x1 convolution to class logits, then transposed-convolution upsampling.
+
+    Upsampling repeats one transposed convolution per distinct stride (for an isotropic power-of-two
+    scale, a single ``x2`` kernel applied ``log2(scale)`` times, as the authors' code does), which
+    keeps the head a few hundred parameters regardless of depth.
+
+    Args:
+        spatial_dims: number of spatial dimensions.
+        in_channels: channels of the tapped feature map.
+        num_classes: number of output classes K.
+        scale: per-axis integer factor from the tapped feature map to the network input size.
+    """
+
+    def __init__(self, spatial_dims: int, in_channels: int, num_classes: int, scale: Sequence[int]) -> None:
+        super().__init__()
+        self.to_logits = Conv[Conv.CONV, spatial_dims](in_channels, num_classes, kernel_size=1)
+        self.steps = upsampling_steps(scale)
+        transposed = Conv[Conv.CONVTRANS, spatial_dims]
+        self.upsample = nn.ModuleDict(
+            {_stride_key(s): transposed(num_classes, num_classes, kernel_size=s, stride=s) for s in set(self.steps)}
+        )
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        logits = self.to_logits(features)
+        for step in self.steps:
+            logits = self.upsample[_stride_key(step)](logits)
+        return logits
+
+
+def _stride_key(stride: Sequence[int]) -> str:
+    return "x".join(map(str, stride))
+
+
+class DSDNet(nn.Module):
+    """Wraps a U-shaped backbone for Dual Self-Distillation training without modifying it.
+
+    Forward hooks read the tapped stages of ``backbone`` by module name; each tap feeds a
+    :class:`BottleneckHead` that produces class logits at input resolution. Channel counts and
+    scale factors are found by one probe forward pass at construction.
+
+    In training mode the forward pass returns a dictionary ``{"pred": Y, "encoder": [E_1..E_Z],
+    "decoder": [D_1..D_Z]}`` of logits, encoders ordered shallow to deep (the last is the encoder
+    teacher) and decoders deepest first (the first, D_1, is the decoder teacher). In eval mode the
+    heads do not run and the output is exactly ``backbone(x)``; the deployable model is ``backbone``
+    and its ``state_dict`` is what a bundle saves.
+
+    Args:
+        backbone: any ``nn.Module`` mapping an image batch to class logits.
+        encoder_taps: module names of encoder stages E_1..E_Z, shallow to deep. A name ending in
+            ``":input"`` taps the module's first input instead of its output.
+        decoder_taps: module names of decoder stages D_1..D_Z, deepest decoder (teacher) first.
+            The stage producing the main output must not be tapped.
+        num_classes: number of output classes K of each head.
+        in_channels: image channels, used for the probe pass.
+        roi_size: spatial size of the training patches, used for the probe pass.
+
+    Raises:
+        KeyError: a tap names no submodule of ``backbone``.
+        ValueError: no taps, or a tapped feature map does not divide the input size by an integer.
+
+    Example::
+
+        backbone = UNETR(in_channels=1, out_channels=8, img_size=96)
+        net = DSDNet(
+            backbone,
+            encoder_taps=["encoder1", "encoder2", "encoder3", "encoder4"],
+            decoder_taps=["decoder3", "decoder4", "decoder5", "decoder5:input"],
+            num_classes=8, in_channels=1, roi_size=(96, 96, 96),
+        )
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        encoder_taps: Sequence[str],
+        decoder_taps: Sequence[str],
+        num_classes: int,
+        in_channels: int,
+        roi_size: Sequence[int],
+    ) -> None:
+        super().__init__()
+        if not encoder_taps and not decoder_taps:
+            raise ValueError("DSDNet needs at least one encoder or decoder tap.")
+        self.backbone = backbone
+        self.encoder_taps = list(encoder_taps)
+        self.decoder_taps = list(decoder_taps)
+        for tap in self.taps:
+            name, _ = parse_tap(tap)
+            try:
+                if not name:
+                    raise AttributeError(name)
+                backbone.get_submodule(name)
+            except AttributeError:
+                raise KeyError(f"DSDNet tap '{tap}': the backbone has no submodule named '{name}'.") from None
+
+        spatial_dims = len(roi_size)
+        shapes = self._probe(in_channels, roi_size)
+        heads = {}
+        for tap, shape in shapes.items():
+            heads[_head_key(tap)] = BottleneckHead(spatial_dims, shape[1], num_classes, _scale(tap, shape, roi_size))
+        self.heads = nn.ModuleDict(heads)
+
+    @property
+    def taps(self) -> list[str]:
+        """All taps, encoders then decoders."""
+        return self.encoder_taps + self.decoder_taps
+
+    @torch.no_grad()
+    def _probe(self, in_channels: int, roi_size: Sequence[int]) -> dict[str, torch.Size]:
+        """Run the backbone once on a dummy batch to read the shape of every tapped feature map."""
+        parameter = next(self.backbone.parameters(), None)
+        device = parameter.device if parameter is not None else torch.device("cpu")
+        modes = {module: module.training for module in self.backbone.modules()}
+        self.backbone.eval()  # keeps normalisation running statistics untouched
+        try:
+            features = self._run_backbone(torch.zeros(1, in_channels, *roi_size, device=device))[1]
+        finally:
+            for module, training in modes.items():
+                module.training = training
+        return {tap: features[tap].shape for tap in self.taps}
+
+    def _run_backbone(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Run the backbone with hooks that collect the tapped features.
+
+        The hooks live only for this call, so the backbone carries none when it is saved, copied
+        or exported, and a deep copy of the wrapper taps its own backbone.
+        """
+        features: dict[str, torch.Tensor] = {}
+        handles = []
+        for tap in self.taps:
+            name, is_input = parse_tap(tap)
+            module = self.backbone.get_submodule(name)
+            if is_input:
+                handles.append(module.register_forward_pre_hook(partial(_store_input, features, tap)))
+            else:
+                handles.append(module.register_forward_hook(partial(_store_output, features, tap)))
+        try:
+            pred = self.backbone(x)
+        finally:
+            for handle in handles:
+                handle.remove()
+        missing = [tap for tap in self.taps if tap not in features]
+        if missing:
+            raise RuntimeError(f"DSDNet taps {missing} were not reached by the backbone's forward pass.")
+        return pred, features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor | list[torch.Tensor]]:
+        if not self.training:
+            return self.backbone(x)
+        pred, features = self._run_backbone(x)
+        return {
+            PRED_KEY: pred,
+            ENCODER_KEY: [self.heads[_head_key(tap)](features[tap]) for tap in self.encoder_taps],
+            DECODER_KEY: [self.heads[_head_key(tap)](features[tap]) for tap in self.decoder_taps],
+        }
+
+
+def _store_output(features: dict[str, torch.Tensor], tap: str, module: nn.Module, args: tuple, output) -> None:
+    features[tap] = output
+
+
+def _store_input(features: dict[str, torch.Tensor], tap: str, module: nn.Module, args: tuple) -> None:
+    features[tap] = args[0]
+
+
+def _head_key(tap: str) -> str:
+    # ModuleDict keys may not contain "."; module paths such as "vit.blocks.11" do.
+    return tap.replace(".", "_").replace(":", "_")
+
+
+def _scale(tap: str, shape: torch.Size, roi_size: Sequence[int]) -> tuple[int, ...]:
+    spatial = tuple(shape[2:])
+    if len(spatial) != len(roi_size) or any(r % s for r, s in zip(roi_size, spatial)):
+        raise ValueError(
+            f"DSDNet tap '{tap}': feature map of spatial size {spatial} does not divide the input size "
+            f"{tuple(roi_size)} by an integer factor per axis."
+        )
+    return tuple(r // s for r, s in zip(roi_size, spatial))
