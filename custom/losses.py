@@ -141,6 +141,29 @@ class DSDLoss(nn.Module):
         self.latest_terms = {name: value.detach() for name, value in zip(TERM_NAMES, terms)}
         return total
 
+    @property
+    def uses_encoder_heads(self) -> bool:
+        """Whether any term reads the encoder heads; a network may skip building them otherwise."""
+        return self.alpha1 > 0
+
+    @property
+    def uses_decoder_heads(self) -> bool:
+        """Whether any term reads the decoder heads; a network may skip building them otherwise."""
+        return self.eta > 0 or self.alpha2 > 0
+
     def _distill(self, teacher: torch.Tensor, students: Sequence[torch.Tensor]) -> torch.Tensor:
-        zero = teacher.new_zeros(())
-        return sum((distillation_kl(s, teacher, self.tau, self.detach_teacher) for s in students), zero)
+        """``sum_i distillation_kl(students[i], teacher)`` in one pass over the teacher.
+
+        The KL terms of one teacher share its log-probabilities, so their sum is
+        ``sum p_t * (n * log p_t - sum_i log p_i)``: the teacher's softmax is computed once and the
+        class-wise product once, whatever the number of students.
+        """
+        if not students:
+            return teacher.new_zeros(())
+        if self.detach_teacher:
+            teacher = teacher.detach()
+        log_teacher = F.log_softmax(teacher / self.tau, dim=1)
+        log_students = sum(F.log_softmax(s / self.tau, dim=1) for s in students)
+        voxels = teacher.numel() // teacher.shape[1]
+        kl = (log_teacher.exp() * (len(students) * log_teacher - log_students)).sum()
+        return kl / voxels * self.tau**2

@@ -111,10 +111,15 @@ class DSDNet(nn.Module):
         num_classes: number of output classes K of each head.
         in_channels: image channels, used for the probe pass.
         roi_size: spatial size of the training patches, used for the probe pass.
+        share_heads: give taps whose feature maps have the same channel count and scale one shared
+            head, as the authors' nnU-Net and SwinUNETR share the head of an encoder stage with that of
+            the decoder stage at the same resolution. ``False`` gives every tap its own head.
+
+    Without taps (the plain-backbone ablation) the training output holds empty head lists.
 
     Raises:
         KeyError: a tap names no submodule of ``backbone``.
-        ValueError: no taps, or a tapped feature map does not divide the input size by an integer.
+        ValueError: a tapped feature map does not divide the input size by an integer.
 
     Example::
 
@@ -135,10 +140,9 @@ class DSDNet(nn.Module):
         num_classes: int,
         in_channels: int,
         roi_size: Sequence[int],
+        share_heads: bool = False,
     ) -> None:
         super().__init__()
-        if not encoder_taps and not decoder_taps:
-            raise ValueError("DSDNet needs at least one encoder or decoder tap.")
         self.backbone = backbone
         self.encoder_taps = list(encoder_taps)
         self.decoder_taps = list(decoder_taps)
@@ -152,10 +156,16 @@ class DSDNet(nn.Module):
                 raise KeyError(f"DSDNet tap '{tap}': the backbone has no submodule named '{name}'.") from None
 
         spatial_dims = len(roi_size)
-        shapes = self._probe(in_channels, roi_size)
-        heads = {}
+        shapes = self._probe(in_channels, roi_size) if self.taps else {}
+        heads: dict[str, BottleneckHead] = {}
+        by_signature: dict[tuple, BottleneckHead] = {}
         for tap, shape in shapes.items():
-            heads[_head_key(tap)] = BottleneckHead(spatial_dims, shape[1], num_classes, _scale(tap, shape, roi_size))
+            scale = _scale(tap, shape, roi_size)
+            signature = (shape[1], scale) if share_heads else (tap,)
+            if signature not in by_signature:
+                by_signature[signature] = BottleneckHead(spatial_dims, shape[1], num_classes, scale)
+            # a shared head is registered under each of its taps; parameters() still counts it once
+            heads[_head_key(tap)] = by_signature[signature]
         self.heads = nn.ModuleDict(heads)
 
     @property

@@ -5,8 +5,6 @@ from __future__ import annotations
 import csv
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -19,22 +17,10 @@ from monai.networks.nets import UNETR
 from custom.data import MMWHS_LABEL_CODES
 from custom.demo import BUNDLE_DIR, TINY_UNETR
 from custom.synthetic import make_mmwhs
+from helpers import cli_overrides, error_chain, run_cli
 
 CONFIGS = BUNDLE_DIR / "configs"
 TRAIN, EVALUATE, INFERENCE = "configs/train.json", "configs/evaluate.json", "configs/inference.json"
-
-
-def cli_overrides(dataset_dir: Path, **extra) -> list[str]:
-    values = {**TINY_UNETR, "dataset_dir": str(dataset_dir), **extra}
-    return [arg for key, value in values.items() for arg in (f"--{key}", json.dumps(value))]
-
-
-def run_cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    result = subprocess.run(
-        [sys.executable, "-m", "monai.bundle", "run", *args], cwd=cwd, capture_output=True, text=True, timeout=600
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
-    return result
 
 
 @pytest.fixture(scope="module")
@@ -157,14 +143,6 @@ def test_inference_config_needs_no_custom_code_and_matches_training_network():
     assert inference["label_codes"] == [0, *MMWHS_LABEL_CODES]
 
 
-def _error_chain(error: BaseException) -> str:
-    messages = []
-    while error is not None:
-        messages.append(str(error))
-        error = error.__cause__ or error.__context__
-    return "\n".join(messages)
-
-
 def _train_in_process(tmp_path: Path, dataset_dir: Path) -> None:
     workflow = ConfigWorkflow(
         config_file=str(CONFIGS / "train.json"),
@@ -233,7 +211,7 @@ def test_bad_input_fails_clearly_and_keeps_existing_checkpoints(tmp_path, datase
     (models / "model.pt").write_bytes(b"earlier checkpoint")
     with pytest.raises(Exception) as raised:
         _train_in_process(tmp_path, data_dir)
-    message = _error_chain(raised.value)
+    message = error_chain(raised.value)
     assert all(part in message for part in expected_parts)
     assert (models / "model.pt").read_bytes() == b"earlier checkpoint"
     assert sorted(p.name for p in models.iterdir()) == ["model.pt"]

@@ -83,6 +83,35 @@ def test_total_matches_reference_formula(tau, z):
     assert all(float(v) > 0 for v in expected.values())
 
 
+@pytest.mark.parametrize("detach_teacher", [False, True])
+@pytest.mark.parametrize("z", [2, 4])
+def test_gradients_match_reference_formula(detach_teacher, z):
+    """The one-pass distillation sums give the gradients of the term-by-term eq. 4."""
+    outputs, target = _outputs(z=z, requires_grad=True)
+    eta, alpha1, alpha2, tau = 0.3, 0.5, 0.7, 3.0
+    DSDLoss(eta, alpha1, alpha2, tau, detach_teacher=detach_teacher)(outputs, target).backward()
+    leaves = [outputs["pred"], *outputs["encoder"], *outputs["decoder"]]
+    grads = [torch.zeros_like(leaf) if leaf.grad is None else leaf.grad.clone() for leaf in leaves]
+
+    reference_outputs, _ = _outputs(z=z, requires_grad=True)
+    enc, dec = reference_outputs["encoder"], reference_outputs["decoder"]
+
+    def teacher(logits):
+        return logits.detach() if detach_teacher else logits
+
+    reference = (
+        _dice_ce(reference_outputs["pred"], target)
+        + eta * sum(_dice_ce(d, target) for d in dec)
+        + alpha1 * sum(_reference_kl(e, teacher(enc[-1]), tau) for e in enc[:-1])
+        + alpha2 * sum(_reference_kl(d, teacher(dec[0]), tau) for d in dec[1:])
+    )
+    reference.backward()
+    reference_leaves = [reference_outputs["pred"], *enc, *dec]
+    for grad, leaf in zip(grads, reference_leaves):
+        expected = leaf.grad if leaf.grad is not None else torch.zeros_like(grad)
+        torch.testing.assert_close(grad, expected, rtol=1e-5, atol=1e-7)
+
+
 @pytest.mark.parametrize(
     "weight, term", [("eta", "deep_supervision"), ("alpha1", "kl_encoder"), ("alpha2", "kl_decoder")]
 )

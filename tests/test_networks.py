@@ -366,9 +366,15 @@ def test_unknown_tap_raises_key_error(enc, dec, missing):
         DSDNet(TinyUNet(), enc, dec, num_classes=K, in_channels=1, roi_size=(8, 8, 8))
 
 
-def test_no_taps_raises_value_error():
-    with pytest.raises(ValueError):
-        DSDNet(TinyUNet(), [], [], num_classes=K, in_channels=1, roi_size=(8, 8, 8))
+def test_no_taps_trains_the_bare_backbone():
+    # The Basic ablation row: no heads, the training output carries the backbone's logits only.
+    backbone = TinyUNet()
+    net = DSDNet(backbone, [], [], num_classes=K, in_channels=1, roi_size=(8, 8, 8))
+    assert len(net.heads) == 0
+    x = torch.randn(2, 1, 8, 8, 8)
+    out = net.train()(x)
+    assert out["encoder"] == [] and out["decoder"] == []
+    assert torch.equal(out["pred"], backbone.train()(x))
 
 
 @pytest.mark.parametrize("roi, tap", [((16, 16, 16), "0"), ((15, 16, 16), "1"), ((16, 16, 12), "1")])

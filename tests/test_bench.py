@@ -1,0 +1,19 @@
+"""The benchmark's command-line contract (figures themselves are measured, never asserted)."""
+
+from __future__ import annotations
+
+import json
+
+from custom.bench import main
+
+
+def test_bench_prints_and_writes_every_figure(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    results = main(backbone="unetr_tiny", size=16, batch=1, classes=3, steps=1, json=str(out))
+    printed = capsys.readouterr().out
+    assert json.loads(out.read_text()) == results
+    for key in ("step_ratio_ds", "step_ratio_dsd", "memory_ratio_ds", "memory_ratio_dsd", "eval_ratio"):
+        assert results[key] > 0
+        assert f"{key}: {results[key]:.4g}" in printed
+    for variant in ("basic", "ds", "dsd"):
+        assert results[f"step_s_{variant}"] > 0 and results[f"memory_bytes_{variant}"] > 0
