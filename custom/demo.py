@@ -2,7 +2,7 @@
 
 Usage::
 
-    python -m custom.demo [--work_dir dsd_demo] [--cases 10] [--epochs 40]
+    python -m custom.demo [--work_dir dsd_demo] [--cases 10] [--epochs 60]
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ def _new_run_dir(work: Path) -> Path:
     raise FileExistsError(f"Could not create a new run folder under {work}.")
 
 
-def main(work_dir: str = "dsd_demo", cases: int = 10, epochs: int = 40, seed: int = 0) -> str:
+def main(work_dir: str = "dsd_demo", cases: int = 10, epochs: int = 60, seed: int = 0) -> str:
     """Generate synthetic MM-WHS data, train a tiny DSD-UNETR with the bundle, evaluate it, print Dice.
 
     The synthetic data in ``WORK_DIR/data`` is reused by later runs; each run writes its checkpoints
