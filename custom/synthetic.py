@@ -3,10 +3,12 @@
 Usage::
 
     python -m custom.synthetic mmwhs OUT_DIR [--cases N] [--seed S]
+    python -m custom.synthetic brats OUT_DIR [--cases N] [--test_cases M] [--seed S]
 """
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,8 +19,9 @@ import numpy as np
 from scipy.ndimage import gaussian_filter
 
 from custom.data import MMWHS_LABEL_CODES
+from custom.msd import BRATS_LABEL_NAMES, BRATS_MODALITIES, DATASET_FILE
 
-__all__ = ["make_mmwhs", "main"]
+__all__ = ["make_brats", "make_mmwhs", "main"]
 
 # Voxel-axis orientations seen in clinical exports; never RAS, so that loaders must reorient.
 _ORIENTATIONS = (("L", "P", "S"), ("P", "L", "S"), ("L", "P", "I"), ("R", "P", "S"), ("L", "A", "S"))
@@ -192,10 +195,148 @@ def make_mmwhs(
     return paths
 
 
+# Intensity of each tissue in the four MSD channels (FLAIR, T1w, t1gd, T2w), before a per-case gain per
+# channel. As in real scans: edema is bright in FLAIR and T2w, the non-enhancing core dark in T1w and
+# bright in T2w, the enhancing tumour bright in t1gd only; ventricles (CSF) are bright in T2w but dark in FLAIR.
+_BRATS_TISSUE = {
+    "brain": (300.0, 500.0, 480.0, 320.0),
+    "ventricle": (80.0, 180.0, 170.0, 1000.0),
+    "edema": (720.0, 380.0, 390.0, 760.0),
+    "non_enhancing": (430.0, 260.0, 280.0, 940.0),
+    "enhancing": (560.0, 450.0, 1150.0, 620.0),
+}
+_BRATS_ORIENTATION = ("L", "P", "S")  # not RAS, so that loaders must reorient
+_BRATS_NOISE = 15.0
+# Apple's AppleDouble header ("Mac OS X" resource fork) that macOS tar leaves as ._<name> beside each file.
+_APPLE_DOUBLE = b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        " + bytes(4072)
+
+
+def _brats_case(
+    rng: np.random.Generator, shape: Sequence[int] | None, enhancing: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    if shape is None:
+        # A quarter of MSD's 240 x 240 x 155 grid, jittered; sizes dividing by 16 would hide missing padding.
+        shape = [int(rng.integers(44, 57)), int(rng.integers(44, 57)), int(rng.integers(30, 41))]
+        shape = [n + 1 if n % 16 == 0 else n for n in shape]
+    shape = tuple(int(n) for n in shape)
+    affine = _affine(_BRATS_ORIENTATION, np.ones(3), shape, centre=rng.uniform(-20, 20, size=3))
+    half_extent = np.abs(affine[:3, :3]) @ (np.asarray(shape) / 2.0)
+    coords = _fov_coords(affine, shape, half_extent)
+    full = np.broadcast_shapes(*(c.shape for c in coords))
+
+    tissue = np.zeros(full, np.uint8)  # index into _BRATS_TISSUE + 1; 0 is outside the skull-stripped brain
+    brain = _ellipsoid(coords, rng.uniform(-0.03, 0.03, size=3), rng.uniform(0.78, 0.88, size=3))
+    tissue[brain] = 1
+    for side in (-1, 1):
+        ventricle = _ellipsoid(coords, (side * 0.12, 0.05, 0.05), (0.07, 0.25, 0.15))
+        tissue[ventricle & brain] = 2
+
+    # The tumour: an edema ellipsoid around a core whose outer shell enhances and whose inside does not.
+    centre = rng.uniform(-0.3, 0.3, size=3)
+    edema_axes = rng.uniform(0.35, 0.45, size=3)
+    core_axes = edema_axes * rng.uniform(0.6, 0.72)
+    core = _ellipsoid(coords, centre, core_axes) & brain
+    inner = _ellipsoid(coords, centre, core_axes * rng.uniform(0.5, 0.62)) if enhancing else core
+    label = np.zeros(full, np.uint8)
+    label[_ellipsoid(coords, centre, edema_axes) & brain] = 1
+    label[core] = 3 if enhancing else 2
+    label[inner & core] = 2
+    tissue[label > 0] = label[label > 0] + 2
+
+    levels = np.array([[0.0] * 4, *_BRATS_TISSUE.values()], np.float32)  # (tissue, channel)
+    gains = rng.uniform(0.7, 1.4, size=4).astype(np.float32)  # scanners differ: z-scoring must undo this
+    image = levels[tissue] * gains
+    for c in range(4):
+        image[..., c] = gaussian_filter(image[..., c], sigma=0.7)
+    image += rng.normal(0.0, _BRATS_NOISE, size=image.shape).astype(np.float32)
+    image[tissue == 0] = 0.0  # skull-stripped: exactly zero outside the brain, as MSD
+    return np.rint(np.clip(image, 0, None)).astype(np.float32), label, affine
+
+
+def make_brats(
+    out_dir: str | os.PathLike,
+    cases: int = 8,
+    test_cases: int = 2,
+    seed: int = 0,
+    shape: Sequence[int] | None = None,
+) -> list[str]:
+    """Write a synthetic brain tumour dataset in the layout of MSD Task01 (``Task01_BrainTumour/``).
+
+    ``out_dir`` gets a ``dataset.json`` like MSD's (modalities, labels, a ``training`` list in
+    unsorted order and a ``test`` list), ``imagesTr/BRATS_NNN.nii.gz`` float32 4-D images with the
+    four channels last (FLAIR, T1w, t1gd, T2w; zero outside the brain), ``labelsTr/BRATS_NNN.nii.gz``
+    uint8 labels in MSD coding (1 edema, 2 non-enhancing tumour, 3 enhancing tumour), unlabelled
+    ``imagesTs/`` images, and beside every file the macOS ``._BRATS_NNN.nii.gz`` junk of the
+    distributed archive. The tumour is an edema region around a core whose outer shell enhances;
+    every fourth case (index 3, 7, ...) has no enhancing tumour, as some real cases. Volumes have
+    1 mm voxels, LPS orientation and sizes around a quarter of MSD's that are not multiples of 16.
+
+    Case ``i`` depends only on ``(seed, i)``.
+
+    Args:
+        out_dir: the task folder to write, created if missing.
+        cases: number of labelled cases, ``BRATS_001`` ... in ``imagesTr``/``labelsTr``.
+        test_cases: number of unlabelled cases in ``imagesTs``, numbered after the labelled ones.
+        seed: random seed.
+        shape: optional voxel shape ``(i, j, k)`` of every case, instead of a random one.
+
+    Returns:
+        the written image and label paths (image then label for each case, then the test images).
+
+    Raises:
+        FileExistsError: ``out_dir`` already holds a ``dataset.json`` or MSD data folder; nothing is written.
+        ValueError: ``cases``, ``test_cases``, ``seed`` or ``shape`` is invalid.
+    """
+    _check_args(cases, seed, shape)
+    if int(test_cases) != test_cases or test_cases < 0:
+        raise ValueError(f"test_cases must be a non-negative integer, got {test_cases!r}.")
+    out = Path(out_dir).expanduser()
+    for name in (DATASET_FILE, "imagesTr", "labelsTr", "imagesTs"):
+        if (out / name).exists():
+            raise FileExistsError(f"Refusing to overwrite: {out / name} already exists.")
+    for folder in ("imagesTr", "labelsTr", "imagesTs"):
+        (out / folder).mkdir(parents=True)
+
+    paths, training, test = [], [], []
+    for i in range(int(cases) + int(test_cases)):
+        rng = np.random.default_rng([int(seed), i])
+        image, label, affine = _brats_case(rng, shape, enhancing=i % 4 != 3)
+        expected = {0, 1, 2, 3} if i % 4 != 3 else {0, 1, 2}
+        if set(np.unique(label).tolist()) != expected:  # guards the geometry above against edits
+            raise RuntimeError(f"Synthetic case {i} has labels {np.unique(label).tolist()}, expected {expected}.")
+        name = f"BRATS_{i + 1:03d}.nii.gz"
+        labelled = i < cases
+        files = [("imagesTr" if labelled else "imagesTs", image)] + ([("labelsTr", label)] if labelled else [])
+        for folder, data in files:
+            _save(data, affine, out / folder / name)
+            (out / folder / f"._{name}").write_bytes(_APPLE_DOUBLE)
+            paths.append(str(out / folder / name))
+        if labelled:
+            training.append({"image": f"./imagesTr/{name}", "label": f"./labelsTr/{name}"})
+        else:
+            test.append(f"./imagesTs/{name}")
+
+    order = np.random.default_rng(int(seed)).permutation(len(training))  # MSD lists cases unsorted
+    description = {
+        "name": "BRATS",
+        "description": "Synthetic gliomas in the layout of MSD Task01_BrainTumour (monai-dsd test data)",
+        "tensorImageSize": "4D",
+        "modality": {str(i): name for i, name in enumerate(BRATS_MODALITIES)},
+        "labels": {str(i): name for i, name in enumerate(BRATS_LABEL_NAMES)},
+        "numTraining": int(cases),
+        "numTest": int(test_cases),
+        "training": [training[j] for j in order],
+        "test": test,
+    }
+    (out / DATASET_FILE).write_text(json.dumps(description, indent=4) + "\n")
+    print(f"Wrote {cases} + {test_cases} synthetic MSD BraTS case(s) (seed {seed}) to {out}")
+    return paths
+
+
 def main() -> None:
     """Command-line entry point, one sub-command per dataset."""
     # serialize: the summary line is enough; don't echo every returned path.
-    fire.Fire({"mmwhs": make_mmwhs}, serialize=lambda _: None)
+    fire.Fire({"mmwhs": make_mmwhs, "brats": make_brats}, serialize=lambda _: None)
 
 
 if __name__ == "__main__":

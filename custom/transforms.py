@@ -11,7 +11,7 @@ from monai.utils import convert_to_dst_type, convert_to_tensor
 
 from custom.data import MMWHS_BACKGROUND_CODES, MMWHS_LABEL_CODES
 
-__all__ = ["MapLabelCodesd", "CheckFinited", "mmwhs_label_transform"]
+__all__ = ["MapLabelCodesd", "CheckFinited", "LabelsToRegionsd", "mmwhs_label_transform"]
 
 # Label files stored as float may carry rounding noise from scl_slope/scl_inter scaling.
 _CODE_TOLERANCE = 1e-3
@@ -138,3 +138,53 @@ def mmwhs_label_transform(keys: KeysCollection = "label") -> MapLabelCodesd:
         :data:`custom.data.MMWHS_BACKGROUND_CODES`.
     """
     return MapLabelCodesd(keys, codes=MMWHS_LABEL_CODES, background_codes=MMWHS_BACKGROUND_CODES)
+
+
+class LabelsToRegionsd(MapTransform):
+    """Turn a class-index label map into one binary channel per region, a region being a set of label values.
+
+    Nested regions, such as the BraTS whole tumour, tumour core and enhancing tumour, overlap and so
+    cannot be one-hot channels of a single label map. Unlike MONAI's
+    ``ConvertToMultiChannelBasedOnBratsClassesd``, which hard-codes the BraTS 2018 codes (1, 2, 4),
+    the label values of each region are given, e.g. ``custom.msd.BRATS_REGIONS`` for the MSD coding.
+
+    Args:
+        keys: keys of the single-channel label maps to convert.
+        regions: the label values of each output channel, e.g. ``[[1, 2, 3], [2, 3], [3]]``.
+        allow_missing_keys: don't raise if a key is missing.
+
+    Raises:
+        ValueError: at construction, if there is no region or a region holds no label value.
+    """
+
+    def __init__(
+        self, keys: KeysCollection, regions: Sequence[Sequence[int]], allow_missing_keys: bool = False
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.regions = [tuple(int(v) for v in region) for region in regions]
+        if not self.regions or not all(self.regions):
+            raise ValueError(f"Each of at least one region needs a label value, got {regions!r}.")
+
+    def _convert(self, img: NdarrayOrTensor, key: Hashable) -> NdarrayOrTensor:
+        label = convert_to_tensor(img, track_meta=False)
+        if label.ndim < 2 or label.shape[0] != 1:
+            raise ValueError(
+                f"LabelsToRegionsd expects a channel-first label map with one channel, got shape "
+                f"{tuple(label.shape)} in {_source_name(img, key)}."
+            )
+        channels = [
+            torch.isin(label[0], torch.as_tensor(region, dtype=label.dtype, device=label.device))
+            for region in self.regions
+        ]
+        regions, *_ = convert_to_dst_type(torch.stack(channels), img, dtype=label.dtype)
+        return regions
+
+    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
+        """
+        Raises:
+            ValueError: if a keyed label map does not have exactly one channel; the message names the file.
+        """
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self._convert(d[key], key)
+        return d

@@ -1,0 +1,275 @@
+"""Medical Segmentation Decathlon (MSD) datasets as distributed: reading, checking and the paper's split."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from monai.data import load_decathlon_datalist
+
+from custom.data import _natural_key
+
+__all__ = [
+    "BRATS_LABEL_CODES",
+    "BRATS_LABEL_NAMES",
+    "BRATS_MODALITIES",
+    "BRATS_REGIONS",
+    "DATASET_FILE",
+    "is_junk",
+    "load_msd_datalist",
+    "paper_split",
+    "paper_split_datalists",
+    "split_sizes",
+]
+
+logger = logging.getLogger(__name__)
+
+#: The description file at the root of every MSD task folder.
+DATASET_FILE = "dataset.json"
+#: Input channels of MSD Task01 (BraTS), in file order.
+BRATS_MODALITIES: tuple[str, ...] = ("FLAIR", "T1w", "t1gd", "T2w")
+#: MSD Task01 label names by label value. These are MSD's codes, not BraTS 2018's (1, 2, 4).
+BRATS_LABEL_NAMES: tuple[str, ...] = ("background", "edema", "non-enhancing tumour", "enhancing tumour")
+#: MSD Task01 label value -> class index; the codes are already consecutive, the map only validates them.
+BRATS_LABEL_CODES: dict[int, int] = {1: 1, 2: 2, 3: 3}
+#: The evaluated tumour regions as sets of MSD labels: whole tumour, tumour core, enhancing tumour.
+BRATS_REGIONS: dict[str, tuple[int, ...]] = {"WT": (1, 2, 3), "TC": (2, 3), "ET": (3,)}
+
+# UNETR's Task01 split (used by the DSD paper): of 484 cases, the last 24 test, 72 of the other 460 validation.
+_PAPER_CASES, _PAPER_TEST, _PAPER_VALIDATION = 484, 24, 72
+_SPLIT_KEYS = ("training", "validation", "test")
+_SPLIT_DESCRIPTION = (
+    "UNETR's MSD Task01 split, as used by the DSD paper: the last {test} of {cases} cases in sorted order are the "
+    "test set, the other {rest} are shuffled with the seed into {train} training and {val} validation cases "
+    "(388 / 72 / 24 for the full 484). Paths are relative to the dataset folder (base_dir of "
+    "monai.data.load_decathlon_datalist)."
+)
+
+
+def is_junk(path: str | os.PathLike) -> bool:
+    """Whether ``path`` names a macOS AppleDouble file (``._BRATS_001.nii.gz``), which holds no image data."""
+    return Path(path).name.startswith("._")
+
+
+def _dataset_file(dataset_dir: str | os.PathLike) -> tuple[Path, Path]:
+    """Return ``(dataset.json, dataset folder)`` for a task folder or a dataset JSON file."""
+    path = Path(dataset_dir).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"MSD dataset folder does not exist: {path}")
+    json_path = path if path.is_file() else path / DATASET_FILE
+    if not json_path.is_file():
+        raise FileNotFoundError(f"MSD dataset folder {path} has no {DATASET_FILE}: expected {json_path}")
+    return json_path.resolve(), json_path.resolve().parent
+
+
+def _header_shape(path: str) -> tuple[int, ...]:
+    # nib.load reads the header only; the voxel data stays on disk.
+    try:
+        return tuple(nib.load(path).shape)
+    except Exception as error:  # nibabel raises several types for unreadable files
+        raise ValueError(f"Cannot read the image header of {path}: {error}") from error
+
+
+def _check_case(item: dict, json_path: Path, num_channels: int | None) -> None:
+    for field in ("image", "label"):
+        if field in item and not os.path.isfile(item[field]):
+            raise FileNotFoundError(f"{json_path} lists a missing {field} file: {item[field]}")
+    shape = _header_shape(item["image"])
+    if num_channels is not None:
+        channels = shape[3] if len(shape) == 4 else (1 if len(shape) == 3 else None)
+        if channels != num_channels:
+            raise ValueError(
+                f"Image {item['image']} has shape {shape}: expected {num_channels} channel(s), "
+                f"i.e. a (X, Y, Z, {num_channels}) volume with the channels last, as MSD distributes them."
+            )
+    if "label" in item:
+        label_shape = _header_shape(item["label"])
+        if label_shape != shape[:3]:
+            raise ValueError(
+                f"Label {item['label']} has shape {label_shape} but image {item['image']} has spatial shape "
+                f"{shape[:3]}; the label must be a 3-D map on the image's grid."
+            )
+
+
+def load_msd_datalist(
+    dataset_dir: str | os.PathLike, key: str = "training", num_channels: int | None = None
+) -> list[dict[str, str]]:
+    """Read one list of an MSD ``dataset.json``, drop macOS junk entries and check every listed file.
+
+    Only the header of each file is read: the files exist, an image has ``num_channels`` channels
+    (last axis, as MSD stores them) and a label is a 3-D map on its image's grid.
+
+    Args:
+        dataset_dir: the task folder holding ``dataset.json`` (e.g. ``Task01_BrainTumour/``), or the JSON file.
+        key: the list to read: ``"training"`` (image/label pairs) or ``"test"`` (images only).
+        num_channels: the expected number of image channels; ``None`` skips the check.
+
+    Returns:
+        ``[{"image": path, "label": path}, ...]`` (no ``label`` for ``"test"``) with absolute paths,
+        in the order of ``dataset.json``.
+
+    Raises:
+        FileNotFoundError: the folder, its ``dataset.json`` or a listed file does not exist.
+        ValueError: ``key`` is missing from ``dataset.json`` or lists nothing, a header cannot be read,
+            an image has the wrong number of channels, or a label does not match its image's shape.
+    """
+    json_path, root = _dataset_file(dataset_dir)
+    try:
+        items = load_decathlon_datalist(json_path, is_segmentation=True, data_list_key=key, base_dir=root)
+    except ValueError as error:
+        raise ValueError(f"Cannot read the '{key}' list of {json_path}: {error}") from error
+    kept = []
+    for item in items:
+        junk = [item[f] for f in ("image", "label") if f in item and is_junk(item[f])]
+        if junk:
+            logger.warning(f"Skipping the macOS metadata file {junk[0]} listed in {json_path}.")
+            continue
+        _check_case(item, json_path, num_channels)
+        kept.append({f: item[f] for f in ("image", "label") if f in item})
+    if not kept:
+        raise ValueError(f"The '{key}' list of {json_path} holds no cases.")
+    return kept
+
+
+def split_sizes(num_cases: int) -> tuple[int, int, int]:
+    """Sizes of the paper split: 388 / 72 / 24 for 484 cases, proportionally (at least one each) otherwise.
+
+    Args:
+        num_cases: number of labelled cases.
+
+    Returns:
+        ``(training, validation, test)``.
+
+    Raises:
+        ValueError: fewer than 3 cases.
+    """
+    if num_cases < 3:
+        raise ValueError(f"The paper split needs at least 3 cases (train, validation, test), got {num_cases}.")
+
+    def rounded(x: float) -> int:  # round half up: Python's round() would take 2.5 to 2
+        return math.floor(x + 0.5)
+
+    test = min(max(1, rounded(num_cases * _PAPER_TEST / _PAPER_CASES)), num_cases - 2)
+    rest = num_cases - test
+    validation = min(max(1, rounded(rest * _PAPER_VALIDATION / (_PAPER_CASES - _PAPER_TEST))), rest - 1)
+    return rest - validation, validation, test
+
+
+def paper_split(cases: Sequence[dict], seed: int = 0) -> dict[str, list[dict]]:
+    """Split cases as UNETR and the DSD paper do on MSD Task01.
+
+    Cases are sorted by image path (numbers compare as numbers); the last ones form the test set,
+    the others are shuffled with ``seed`` and cut into training and validation; sizes from :func:`split_sizes`.
+
+    Args:
+        cases: ``{"image": ..., "label": ...}`` dictionaries, in any order.
+        seed: seed of the shuffle.
+
+    Returns:
+        ``{"training": [...], "validation": [...], "test": [...]}``; test in sorted order.
+    """
+    ordered = sorted(cases, key=lambda case: _natural_key(str(case["image"])))
+    train, validation, test = split_sizes(len(ordered))
+    rest = ordered[: train + validation]
+    shuffled = [rest[i] for i in np.random.default_rng(seed).permutation(len(rest))]
+    return {"training": shuffled[:train], "validation": shuffled[train:], "test": ordered[train + validation :]}
+
+
+def _relative(path: str, root: Path) -> str:
+    relative = os.path.relpath(path, root)
+    return path if relative.startswith("..") else Path(relative).as_posix()
+
+
+def paper_split_datalists(
+    dataset_dir: str | os.PathLike,
+    datalist_file: str | os.PathLike,
+    seed: int = 0,
+    num_channels: int | None = None,
+) -> dict[str, list[dict[str, str]]]:
+    """The paper split of an MSD task's labelled cases, kept in a datalist file so that it is fixed and inspectable.
+
+    The first call writes ``datalist_file``: an MSD-style datalist with ``training``, ``validation``
+    and ``test`` lists (paths relative to the dataset folder, readable with
+    ``monai.data.load_decathlon_datalist(datalist_file, data_list_key=..., base_dir=dataset_dir)``),
+    the ``seed`` and a description of the rule. Later calls read the split back from that file
+    instead of recomputing it; the file is never overwritten.
+
+    Args:
+        dataset_dir: the task folder holding ``dataset.json``, or the JSON file.
+        datalist_file: where the split is written, or read if it exists.
+        seed: seed of the train/validation shuffle; must match the seed recorded in an existing file.
+        num_channels: the expected number of image channels, see :func:`load_msd_datalist`.
+
+    Returns:
+        ``{"training": [...], "validation": [...], "test": [...]}`` with absolute paths.
+
+    Raises:
+        FileNotFoundError: see :func:`load_msd_datalist`.
+        ValueError: see :func:`load_msd_datalist`; or an existing ``datalist_file`` is not a split of
+            this dataset's cases or was made with another seed.
+    """
+    cases = load_msd_datalist(dataset_dir, "training", num_channels)
+    json_path, root = _dataset_file(dataset_dir)
+    unlabelled = [case["image"] for case in cases if "label" not in case]
+    if unlabelled:
+        raise ValueError(f"Training case {unlabelled[0]} of {json_path} has no label.")
+    by_name = {_relative(case["image"], root): case for case in cases}
+    target = Path(datalist_file).expanduser()
+    if target.exists():
+        names = _read_split(target, set(by_name), seed)
+        logger.info(f"Using the data split in {target} (seed {seed}).")
+    else:
+        split = paper_split(cases, seed)
+        names = {key: [_relative(case["image"], root) for case in split[key]] for key in _SPLIT_KEYS}
+        _write_split(target, names, by_name, root, seed)
+        logger.info(f"Wrote the data split to {target} (seed {seed}).")
+    return {key: [dict(by_name[name]) for name in names[key]] for key in _SPLIT_KEYS}
+
+
+def _read_split(path: Path, dataset_names: set[str], seed: int) -> dict[str, list[str]]:
+    remedy = "delete it to make a new split, or pass another --datalist_file"
+    try:
+        content = json.loads(path.read_text())
+        names = {key: [str(item["image"]) for item in content[key]] for key in _SPLIT_KEYS}
+        recorded_seed = content["seed"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ValueError(
+            f"Cannot read the data split {path} (expected 'seed' and {list(_SPLIT_KEYS)} image lists): {error}; "
+            f"{remedy}."
+        ) from error
+    if recorded_seed != seed:
+        raise ValueError(f"The data split {path} was made with seed {recorded_seed}, not {seed}; {remedy}.")
+    listed = [name for key in _SPLIT_KEYS for name in names[key]]
+    duplicated = sorted({name for name in listed if listed.count(name) > 1})
+    missing, unknown = sorted(dataset_names - set(listed)), sorted(set(listed) - dataset_names)
+    if duplicated or missing or unknown:
+        details = [
+            f"{len(v)} {what} (e.g. {v[0]})"
+            for what, v in (("listed twice", duplicated), ("not in it", missing), ("not in the dataset", unknown))
+            if v
+        ]
+        raise ValueError(
+            f"The data split {path} does not split this dataset's cases: {'; '.join(details)}; {remedy}."
+        )
+    return names
+
+
+def _write_split(path: Path, names: dict[str, list[str]], by_name: dict, root: Path, seed: int) -> None:
+    train, val, test = (len(names[key]) for key in _SPLIT_KEYS)
+    total = train + val + test
+    content: dict = {
+        "description": _SPLIT_DESCRIPTION.format(test=test, cases=total, rest=total - test, train=train, val=val),
+        "seed": seed,
+    }
+    for key in _SPLIT_KEYS:
+        content[key] = [{f: _relative(by_name[name][f], root) for f in ("image", "label")} for name in names[key]]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Mode "x": if another run wrote the file in the meantime, fail rather than overwrite it.
+    with open(path, "x") as f:
+        f.write(json.dumps(content, indent=4) + "\n")
