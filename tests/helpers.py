@@ -3,14 +3,34 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
-from custom.demo import TINY_UNETR
+import torch
+from monai.bundle import ConfigParser
+from monai.data import load_net_with_metadata
+from monai.networks.nets import UNETR
 
-__all__ = ["cli_overrides", "error_chain", "run_cli"]
+from custom.demo import TINY_UNETR
+from custom.losses import TERM_NAMES
+
+__all__ = [
+    "assert_exports_match_checkpoint",
+    "assert_plain_unetr_training_outputs",
+    "cli_overrides",
+    "error_chain",
+    "run_cli",
+    "network_overrides",
+    "run_module",
+    "tiny_network",
+    "train_bundle_copy",
+]
+
+#: The config ids of the tiny UNETR's shape, as inference.json names them.
+TINY_NETWORK_KEYS = ("roi_size", "feature_size", "hidden_size", "mlp_dim", "num_heads")
 
 
 def cli_overrides(dataset_dir: Path, **extra: Any) -> list[str]:
@@ -42,6 +62,100 @@ def run_cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     return result
+
+
+def run_module(module: str, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run ``python -m MODULE ARGS`` and assert that it succeeds."""
+    result = subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    return result
+
+
+def train_bundle_copy(bundle_dir: Path, workspace: Path, dataset_dir: Path, **overrides: Any) -> Path:
+    """Copy a bundle into ``workspace`` and train it with the literal full training command, from its root.
+
+    Args:
+        bundle_dir: the bundle to copy.
+        workspace: where the copy goes.
+        dataset_dir: the data.
+        overrides: config overrides on top of the tiny UNETR's.
+
+    Returns:
+        The trained copy.
+    """
+    bundle = workspace / bundle_dir.name
+    shutil.copytree(bundle_dir, bundle)
+    command = ["training", "--meta_file", "configs/metadata.json", "--config_file", "configs/train.json"]
+    command += ["--logging_file", "configs/logging.conf"]
+    run_cli(command + cli_overrides(dataset_dir, **overrides), cwd=bundle)
+    return bundle
+
+
+def assert_plain_unetr_training_outputs(bundle: Path, in_channels: int, out_channels: int) -> None:
+    """A trained bundle saved plain tiny-UNETR checkpoints and logged every loss term and both metrics."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    backbone = UNETR(
+        in_channels=in_channels,
+        out_channels=out_channels,
+        img_size=TINY_UNETR["roi_size"],
+        feature_size=TINY_UNETR["feature_size"],
+        hidden_size=TINY_UNETR["hidden_size"],
+        mlp_dim=TINY_UNETR["mlp_dim"],
+        num_heads=TINY_UNETR["num_heads"],
+        proj_type="perceptron",
+    )
+    backbone.load_state_dict(torch.load(bundle / "models" / "model.pt", weights_only=True), strict=True)
+    assert (bundle / "models" / "model_final.pt").is_file()
+    tags = set()
+    for events in (bundle / "eval").glob("events.out.tfevents.*"):
+        accumulator = EventAccumulator(str(events))
+        accumulator.Reload()
+        tags |= set(accumulator.Tags()["scalars"])
+    assert {f"train_loss/{term}" for term in TERM_NAMES} | {"val_mean_dice", "val_hd95_mm"} <= tags
+
+
+def network_overrides() -> list[str]:
+    """CLI overrides that shrink ``network_def`` and the metadata's patch shape to the tiny UNETR."""
+    values = {key: TINY_UNETR[key] for key in TINY_NETWORK_KEYS}
+    for io_key in ("inputs#image", "outputs#pred"):
+        values[f"_meta_#network_data_format#{io_key}#spatial_shape"] = TINY_UNETR["roi_size"]
+    return [arg for key, value in values.items() for arg in (f"--{key}", json.dumps(value))]
+
+
+def tiny_network(bundle: Path) -> torch.nn.Module:
+    """The bundle's deployed network, ``network_def`` of ``inference.json``, at the tiny UNETR's size."""
+    parser = ConfigParser()
+    parser.read_config(str(bundle / "configs" / "inference.json"))
+    for key in TINY_NETWORK_KEYS:
+        parser[key] = TINY_UNETR[key]
+    return parser.get_parsed_content("network_def")
+
+
+def assert_exports_match_checkpoint(bundle: Path) -> None:
+    """The Model Zoo's network checks and TorchScript export, run from a trained bundle's root as a user does.
+
+    ``verify_net_in_out`` and ``ckpt_export`` run with the literal commands (plus the tiny-UNETR
+    overrides); the exported model must load with its metadata and compute what the checkpoint does.
+    """
+    common = ["--meta_file", "configs/metadata.json", "--config_file", "configs/inference.json", *network_overrides()]
+    run_module("monai.bundle", "verify_net_in_out", "network_def", *common, cwd=bundle)
+    export = ["--filepath", "models/model.ts", "--ckpt_file", "models/model.pt"]
+    run_module("monai.bundle", "ckpt_export", "network_def", *export, *common, cwd=bundle)
+
+    exported, meta, extra = load_net_with_metadata(str(bundle / "models" / "model.ts"), more_extra_files=["inference.json"])
+    metadata = json.loads((bundle / "configs" / "metadata.json").read_text())
+    assert meta["version"] == metadata["version"]
+    assert json.loads(extra["inference.json"]) == json.loads((bundle / "configs" / "inference.json").read_text())
+    network = tiny_network(bundle)
+    network.load_state_dict(torch.load(bundle / "models" / "model.pt", weights_only=True), strict=True)
+    network.eval()
+    image = meta["network_data_format"]["inputs"]["image"]
+    x = torch.rand(1, image["num_channels"], *image["spatial_shape"], generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = network(x)
+        torch.testing.assert_close(exported(x), expected)
+    assert expected.shape[1] == meta["network_data_format"]["outputs"]["pred"]["num_channels"]
 
 
 def error_chain(error: BaseException | None) -> str:

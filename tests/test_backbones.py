@@ -65,13 +65,7 @@ OUTPUT_STAGE = {"unetr": "decoder2", "dynunet": "upsamples.3", "swinunetr": "dec
 K = 8  # MM-WHS classes
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny tensors run fastest on one intra-op thread (and avoid oversubscription on a busy 2-core machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def config_files(backbone: str, base: str) -> list[str]:

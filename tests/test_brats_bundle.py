@@ -13,12 +13,18 @@ import numpy as np
 import pytest
 import torch
 from monai.bundle import ConfigParser, ConfigWorkflow
-from monai.networks.nets import UNETR
 
 from custom.demo import TINY_UNETR
 from custom.msd import load_msd_datalist, paper_split
 from custom.synthetic import make_brats
-from helpers import cli_overrides, error_chain, run_cli
+from helpers import (
+    assert_exports_match_checkpoint,
+    assert_plain_unetr_training_outputs,
+    cli_overrides,
+    error_chain,
+    run_cli,
+    train_bundle_copy,
+)
 
 BUNDLE_DIR = Path(__file__).resolve().parents[1] / "bundles" / "dsd_unetr_brats"
 CONFIGS = BUNDLE_DIR / "configs"
@@ -39,37 +45,11 @@ def dataset(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def trained_bundle(tmp_path_factory, dataset) -> Path:
     """A copy of the bundle trained for one epoch with the literal training command, from the bundle root."""
-    bundle = tmp_path_factory.mktemp("workspace") / "dsd_unetr_brats"
-    shutil.copytree(BUNDLE_DIR, bundle)
-    command = ["training", "--meta_file", "configs/metadata.json", "--config_file", TRAIN]
-    command += ["--logging_file", "configs/logging.conf"]
-    run_cli(command + cli_overrides(dataset, **FAST), cwd=bundle)
-    return bundle
+    return train_bundle_copy(BUNDLE_DIR, tmp_path_factory.mktemp("workspace"), dataset, **FAST)
 
 
 def test_training_writes_plain_unetr_checkpoints_loss_terms_and_the_split(trained_bundle, dataset):
-    state = torch.load(trained_bundle / "models" / "model.pt", weights_only=True)
-    backbone = UNETR(
-        in_channels=4,
-        out_channels=4,
-        img_size=TINY_UNETR["roi_size"],
-        feature_size=TINY_UNETR["feature_size"],
-        hidden_size=TINY_UNETR["hidden_size"],
-        mlp_dim=TINY_UNETR["mlp_dim"],
-        num_heads=TINY_UNETR["num_heads"],
-        proj_type="perceptron",
-    )
-    backbone.load_state_dict(state, strict=True)
-    assert (trained_bundle / "models" / "model_final.pt").is_file()
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    tags = set()
-    for events in (trained_bundle / "eval").glob("events.out.tfevents.*"):
-        accumulator = EventAccumulator(str(events))
-        accumulator.Reload()
-        tags |= set(accumulator.Tags()["scalars"])
-    expected = {f"train_loss/{t}" for t in ("total", "main_dice_ce", "deep_supervision", "kl_encoder", "kl_decoder")}
-    assert expected | {"val_mean_dice", "val_hd95_mm"} <= tags
+    assert_plain_unetr_training_outputs(trained_bundle, in_channels=4, out_channels=4)
 
     split = json.loads((trained_bundle / "eval" / "datalist.json").read_text())
     assert split["seed"] == 0
@@ -77,6 +57,10 @@ def test_training_writes_plain_unetr_checkpoints_loss_terms_and_the_split(traine
     assert sorted(item["image"] for item in split["training"] + split["validation"]) == [
         f"imagesTr/BRATS_00{i}.nii.gz" for i in (1, 2, 3)
     ]
+
+
+def test_zoo_network_checks_and_torchscript_export_of_the_trained_checkpoint(trained_bundle):
+    assert_exports_match_checkpoint(trained_bundle)
 
 
 def test_short_training_command_from_repository_root(tmp_path, dataset):

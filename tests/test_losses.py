@@ -10,12 +10,7 @@ K = 3
 SPATIAL = (6, 5, 4)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _outputs(z: int = 3, batch: int = 2, seed: int = 0, requires_grad: bool = False):

@@ -2,8 +2,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -12,6 +10,7 @@ import pytest
 
 from custom.data import MMWHS_BACKGROUND_CODES, MMWHS_LABEL_CODES, find_mmwhs_cases
 from custom.synthetic import make_mmwhs
+from helpers import run_module
 
 _REPO = Path(__file__).resolve().parents[1]
 _NUM_CASES = 4
@@ -111,14 +110,7 @@ def test_refuses_overwrite(tmp_path):
 
 def test_cli(tmp_path):
     out = tmp_path / "cli"
-    result = subprocess.run(
-        [sys.executable, "-m", "custom.synthetic", "mmwhs", str(out), "--cases", "2"],
-        cwd=_REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr
+    result = run_module("custom.synthetic", "mmwhs", str(out), "--cases", "2", cwd=_REPO)
     assert len(result.stdout.strip().splitlines()) == 1 and str(out) in result.stdout
     assert [Path(c["image"]).name for c in find_mmwhs_cases(out)] == [
         "ct_train_1001_image.nii.gz",

@@ -2,8 +2,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -13,6 +11,7 @@ from scipy.ndimage import binary_dilation
 
 from custom.msd import BRATS_LABEL_NAMES, BRATS_MODALITIES, load_msd_datalist
 from custom.synthetic import make_brats
+from helpers import run_module
 
 _REPO = Path(__file__).resolve().parents[1]
 _CASES, _TEST_CASES = 4, 1
@@ -119,13 +118,6 @@ def test_refuses_overwrite(tmp_path):
 
 def test_cli(tmp_path):
     out = tmp_path / "Task01_BrainTumour"
-    result = subprocess.run(
-        [sys.executable, "-m", "custom.synthetic", "brats", str(out), "--cases", "3", "--test_cases", "0"],
-        cwd=_REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr
+    result = run_module("custom.synthetic", "brats", str(out), "--cases", "3", "--test_cases", "0", cwd=_REPO)
     assert len(result.stdout.strip().splitlines()) == 1 and str(out) in result.stdout
     assert len(load_msd_datalist(out, num_channels=4)) == 3
