@@ -143,7 +143,9 @@ def assert_exports_match_checkpoint(bundle: Path) -> None:
     export = ["--filepath", "models/model.ts", "--ckpt_file", "models/model.pt"]
     run_module("monai.bundle", "ckpt_export", "network_def", *export, *common, cwd=bundle)
 
-    exported, meta, extra = load_net_with_metadata(str(bundle / "models" / "model.ts"), more_extra_files=["inference.json"])
+    exported, meta, extra = load_net_with_metadata(
+        str(bundle / "models" / "model.ts"), more_extra_files=["inference.json"]
+    )
     metadata = json.loads((bundle / "configs" / "metadata.json").read_text())
     assert meta["version"] == metadata["version"]
     assert json.loads(extra["inference.json"]) == json.loads((bundle / "configs" / "inference.json").read_text())
