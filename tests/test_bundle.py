@@ -21,6 +21,7 @@ from helpers import (
     cli_overrides,
     error_chain,
     run_cli,
+    run_module,
     train_bundle_copy,
 )
 
@@ -198,3 +199,17 @@ def test_bad_input_fails_clearly_and_keeps_existing_checkpoints(tmp_path, datase
     assert all(part in message for part in expected_parts)
     assert (models / "model.pt").read_bytes() == b"earlier checkpoint"
     assert sorted(p.name for p in models.iterdir()) == ["model.pt"]
+
+
+def test_onnx_export_of_the_trained_network(trained_bundle):
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxscript")
+    tiny = {key: TINY_UNETR[key] for key in ("roi_size", "feature_size", "hidden_size", "mlp_dim", "num_heads")}
+    args = ["onnx_export", "network_def", "--filepath", "models/model.onnx", "--ckpt_file", "models/model.pt"]
+    args += ["--meta_file", "configs/metadata.json", "--config_file", INFERENCE]
+    args += ["--input_shape", json.dumps([1, 1, *TINY_UNETR["roi_size"]])]
+    args += [arg for key, value in tiny.items() for arg in (f"--{key}", json.dumps(value))]
+    run_module("monai.bundle", *args, cwd=trained_bundle)
+    model = onnx.load(str(trained_bundle / "models" / "model.onnx"))
+    onnx.checker.check_model(model)
+    assert [dim.dim_value for dim in model.graph.input[0].type.tensor_type.shape.dim] == [1, 1, *TINY_UNETR["roi_size"]]
