@@ -26,9 +26,14 @@ class PhysicalHausdorffDistanceMetric(HausdorffDistanceMetric):
     """
 
     def _compute_tensor(self, y_pred: torch.Tensor, y: torch.Tensor, **kwargs: Any) -> torch.Tensor:
-        if kwargs.get("spacing") is None and isinstance(y, MetaTensor):
-            kwargs["spacing"] = _spacing(y)
-        return super()._compute_tensor(y_pred, y, **kwargs)
+        return super()._compute_tensor(y_pred, y, **_with_spacing(y, kwargs))
+
+
+def _with_spacing(y: torch.Tensor, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``kwargs`` with ``spacing`` taken from the affine of ``y`` unless given."""
+    if kwargs.get("spacing") is None and isinstance(y, MetaTensor):
+        kwargs = {**kwargs, "spacing": _spacing(y)}
+    return kwargs
 
 
 def _spacing(y: MetaTensor) -> list[list[float]]:
@@ -60,8 +65,7 @@ class EmptyAwareHausdorffDistanceMetric(PhysicalHausdorffDistanceMetric):
         self.empty_distance = empty_distance
 
     def _compute_tensor(self, y_pred: torch.Tensor, y: torch.Tensor, **kwargs: Any) -> torch.Tensor:
-        if kwargs.get("spacing") is None and isinstance(y, MetaTensor):
-            kwargs["spacing"] = _spacing(y)
+        kwargs = _with_spacing(y, kwargs)
         with warnings.catch_warnings():
             # Empty channels are expected here and handled below; MONAI warns about each one.
             warnings.filterwarnings("ignore", message=r"the (ground truth|prediction) of class")

@@ -24,7 +24,7 @@ __all__ = ["MAX_FILE_BYTES", "bundle_files", "custom_modules", "main", "package_
 #: The Model Zoo keeps files above this size out of a bundle's repository (they go to ``large_files.yml``).
 MAX_FILE_BYTES = 25 * 1024 * 1024
 #: Bundle folders that hold outputs of runs, not parts of the bundle.
-EXCLUDED_DIRS = ("models", "eval", "__pycache__")
+EXCLUDED_DIRS = ("models", "eval")
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
 _REFERENCE = re.compile(r"\bcustom\.(\w+)")
@@ -66,6 +66,7 @@ def bundle_files(bundle_dir: Path) -> dict[str, Path]:
     files = {}
     for path in sorted(bundle_dir.rglob("*")):
         relative = path.relative_to(bundle_dir)
+        # __pycache__ is skipped at any depth, run outputs only at the top
         if path.is_file() and relative.parts[0] not in EXCLUDED_DIRS and "__pycache__" not in relative.parts:
             files[f"{bundle_dir.name}/{relative.as_posix()}"] = path
     configs = [p.read_text() for p in sorted((bundle_dir / "configs").glob("*.json"))]

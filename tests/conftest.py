@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
+
+from custom.synthetic import make_mmwhs
 
 
 @pytest.fixture(scope="module")
@@ -13,3 +17,11 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def mmwhs_dataset(tmp_path_factory) -> Path:
+    """Five synthetic MM-WHS cases, shared read-only by the bundle tests: copy before changing them."""
+    data_dir = tmp_path_factory.mktemp("mmwhs")
+    make_mmwhs(data_dir, cases=5, seed=3)
+    return data_dir

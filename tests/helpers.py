@@ -7,8 +7,10 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from collections.abc import Callable, Sequence
 from typing import Any
 
+import pytest
 import torch
 from monai.bundle import ConfigParser
 from monai.data import load_net_with_metadata
@@ -18,6 +20,7 @@ from custom.demo import TINY_UNETR
 from custom.losses import TERM_NAMES
 
 __all__ = [
+    "assert_bad_input_fails_clearly",
     "assert_exports_match_checkpoint",
     "assert_plain_unetr_training_outputs",
     "cli_overrides",
@@ -158,6 +161,22 @@ def assert_exports_match_checkpoint(bundle: Path) -> None:
         expected = network(x)
         torch.testing.assert_close(exported(x), expected)
     assert expected.shape[1] == meta["network_data_format"]["outputs"]["pred"]["num_channels"]
+
+
+def assert_bad_input_fails_clearly(train: Callable[[], Any], expected_parts: Sequence[str], models_dir: Path) -> None:
+    """``train()`` raises an error whose chain names every expected part, and ``models_dir`` is left as it was.
+
+    Args:
+        train: runs a training that must fail on the bad input.
+        expected_parts: strings the error must name, e.g. the file and the bad value.
+        models_dir: a folder of earlier outputs that must keep its files and their contents.
+    """
+    earlier = {p.name: p.read_bytes() for p in models_dir.iterdir()}
+    with pytest.raises(Exception) as raised:
+        train()
+    message = error_chain(raised.value)
+    assert all(part in message for part in expected_parts), message[-2000:]
+    assert {p.name: p.read_bytes() for p in models_dir.iterdir()} == earlier
 
 
 def error_chain(error: BaseException | None) -> str:

@@ -14,12 +14,11 @@ from monai.bundle import ConfigWorkflow
 
 from custom.data import MMWHS_LABEL_CODES
 from custom.demo import BUNDLE_DIR, TINY_UNETR
-from custom.synthetic import make_mmwhs
 from helpers import (
+    assert_bad_input_fails_clearly,
     assert_exports_match_checkpoint,
     assert_plain_unetr_training_outputs,
     cli_overrides,
-    error_chain,
     run_cli,
     run_module,
     train_bundle_copy,
@@ -30,16 +29,9 @@ TRAIN, EVALUATE, INFERENCE = "configs/train.json", "configs/evaluate.json", "con
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory) -> Path:
-    data_dir = tmp_path_factory.mktemp("mmwhs")
-    make_mmwhs(data_dir, cases=5, seed=3)
-    return data_dir
-
-
-@pytest.fixture(scope="module")
-def trained_bundle(tmp_path_factory, dataset) -> Path:
+def trained_bundle(tmp_path_factory, mmwhs_dataset) -> Path:
     """A copy of the bundle trained for one epoch with the literal training command, from the bundle root."""
-    return train_bundle_copy(BUNDLE_DIR, tmp_path_factory.mktemp("workspace"), dataset, max_epochs=1, val_interval=1)
+    return train_bundle_copy(BUNDLE_DIR, tmp_path_factory.mktemp("workspace"), mmwhs_dataset, max_epochs=1, val_interval=1)
 
 
 def test_training_writes_plain_unetr_checkpoints_and_loss_terms(trained_bundle):
@@ -50,19 +42,19 @@ def test_zoo_network_checks_and_torchscript_export_of_the_trained_checkpoint(tra
     assert_exports_match_checkpoint(trained_bundle)
 
 
-def test_short_training_command_from_repository_root(tmp_path, dataset):
+def test_short_training_command_from_repository_root(tmp_path, mmwhs_dataset):
     workspace = tmp_path / "repo"
     shutil.copytree(BUNDLE_DIR, workspace / "bundles" / "dsd_unetr_mmwhs")
     bundle_root = "bundles/dsd_unetr_mmwhs"
     args = ["--config_file", f"{bundle_root}/{TRAIN}", "--bundle_root", bundle_root]
-    run_cli(args + cli_overrides(dataset, max_epochs=1, val_interval=1, cache_rate=0.0), cwd=workspace)
+    run_cli(args + cli_overrides(mmwhs_dataset, max_epochs=1, val_interval=1, cache_rate=0.0), cwd=workspace)
     assert (workspace / bundle_root / "models" / "model.pt").is_file()
 
 
-def test_evaluating_writes_per_case_per_class_metrics_and_label_maps(trained_bundle, dataset):
+def test_evaluating_writes_per_case_per_class_metrics_and_label_maps(trained_bundle, mmwhs_dataset):
     workspace = trained_bundle.parent
     configs = f"['{trained_bundle.name}/{TRAIN}','{trained_bundle.name}/{EVALUATE}']"
-    run_cli(["evaluating", "--config_file", configs, "--bundle_root", trained_bundle.name, *cli_overrides(dataset)], workspace)
+    run_cli(["evaluating", "--config_file", configs, "--bundle_root", trained_bundle.name, *cli_overrides(mmwhs_dataset)], workspace)
     eval_dir = trained_bundle / "eval"
     for metric in ("val_mean_dice", "val_hd95_mm"):
         with open(eval_dir / f"{metric}_raw.csv", newline="") as f:
@@ -73,18 +65,18 @@ def test_evaluating_writes_per_case_per_class_metrics_and_label_maps(trained_bun
             summary = {row["class"]: row for row in csv.DictReader(f)}
         assert {"mean", "std"} <= set(summary["mean"])
     prediction = nib.load(eval_dir / "predictions" / "ct_train_1001_image_seg.nii.gz")
-    image = nib.load(dataset / "ct_train_1001_image.nii.gz")
+    image = nib.load(mmwhs_dataset / "ct_train_1001_image.nii.gz")
     assert prediction.shape == image.shape
     np.testing.assert_allclose(prediction.affine, image.affine, atol=1e-4)
     assert set(np.unique(np.asarray(prediction.dataobj))) <= {0, *MMWHS_LABEL_CODES}
 
 
-def test_inference_writes_original_space_label_maps_with_mmwhs_codes(trained_bundle, dataset, tmp_path):
+def test_inference_writes_original_space_label_maps_with_mmwhs_codes(trained_bundle, mmwhs_dataset, tmp_path):
     output_dir = tmp_path / "predictions"
-    overrides = cli_overrides(dataset, output_dir=str(output_dir))
+    overrides = cli_overrides(mmwhs_dataset, output_dir=str(output_dir))
     inference_overrides = [a for i, a in enumerate(overrides) if not _is_training_only(overrides, i)]
     run_cli(["--config_file", INFERENCE, *inference_overrides], cwd=trained_bundle)
-    images = sorted(dataset.glob("*_image.nii.gz"))
+    images = sorted(mmwhs_dataset.glob("*_image.nii.gz"))
     written = sorted(output_dir.glob("*_seg.nii.gz"))
     assert [p.name for p in written] == [p.name.replace(".nii.gz", "_seg.nii.gz") for p in images]
     for image_path, prediction_path in zip(images, written):
@@ -104,7 +96,7 @@ def _is_training_only(args: list[str], index: int) -> bool:
     "config_files, workflow_type",
     [(["train.json"], "train"), (["train.json", "evaluate.json"], "train"), (["inference.json"], "infer")],
 )
-def test_config_workflow_properties(config_files, workflow_type, dataset, tmp_path):
+def test_config_workflow_properties(config_files, workflow_type, mmwhs_dataset, tmp_path):
     # Resolving the properties builds the datasets and handlers, so the check needs real data and a bundle root.
     workflow = ConfigWorkflow(
         bundle_root=str(tmp_path),
@@ -112,7 +104,7 @@ def test_config_workflow_properties(config_files, workflow_type, dataset, tmp_pa
         meta_file=str(CONFIGS / "metadata.json"),
         logging_file=str(CONFIGS / "logging.conf"),
         workflow_type=workflow_type,
-        dataset_dir=str(dataset),
+        dataset_dir=str(mmwhs_dataset),
         **({"cache_rate": 0.0} if workflow_type == "train" else {}),
     )
     workflow.initialize()
@@ -186,19 +178,14 @@ def _break_label_code(data_dir: Path) -> tuple[str, ...]:
         pytest.param(_break_label_code, id="unknown-label-code"),
     ],
 )
-def test_bad_input_fails_clearly_and_keeps_existing_checkpoints(tmp_path, dataset, break_dataset):
+def test_bad_input_fails_clearly_and_keeps_existing_checkpoints(tmp_path, mmwhs_dataset, break_dataset):
     data_dir = tmp_path / "data"
-    shutil.copytree(dataset, data_dir)
+    shutil.copytree(mmwhs_dataset, data_dir)
     expected_parts = break_dataset(data_dir)
     models = tmp_path / "models"
     models.mkdir()
     (models / "model.pt").write_bytes(b"earlier checkpoint")
-    with pytest.raises(Exception) as raised:
-        _train_in_process(tmp_path, data_dir)
-    message = error_chain(raised.value)
-    assert all(part in message for part in expected_parts)
-    assert (models / "model.pt").read_bytes() == b"earlier checkpoint"
-    assert sorted(p.name for p in models.iterdir()) == ["model.pt"]
+    assert_bad_input_fails_clearly(lambda: _train_in_process(tmp_path, data_dir), expected_parts, models)
 
 
 def test_onnx_export_of_the_trained_network(trained_bundle):

@@ -13,7 +13,6 @@ import torch
 
 from custom.data import fold_datalists
 from custom.demo import BUNDLE_DIR
-from custom.synthetic import make_mmwhs
 from helpers import cli_overrides, run_cli, tiny_network
 
 # 5 cases in 2 folds: 2 training cases (one per rank) and 3 validation cases (2 + 1).
@@ -33,19 +32,12 @@ def torchrun(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory) -> Path:
-    data_dir = tmp_path_factory.mktemp("mmwhs")
-    make_mmwhs(data_dir, cases=5, seed=3)
-    return data_dir
-
-
-@pytest.fixture(scope="module")
-def ddp_bundle(tmp_path_factory, dataset) -> Path:
+def ddp_bundle(tmp_path_factory, mmwhs_dataset) -> Path:
     """A copy of the MM-WHS bundle trained by two DDP processes with the literal torchrun command."""
     bundle = tmp_path_factory.mktemp("workspace") / BUNDLE_DIR.name
     shutil.copytree(BUNDLE_DIR, bundle, ignore=shutil.ignore_patterns("models", "eval"))
     args = ["-m", "monai.bundle", "run", "--config_file", TRAIN, "--meta_file", "configs/metadata.json"]
-    torchrun(*args, "--logging_file", "configs/logging.conf", *cli_overrides(dataset, **TINY), cwd=bundle)
+    torchrun(*args, "--logging_file", "configs/logging.conf", *cli_overrides(mmwhs_dataset, **TINY), cwd=bundle)
     return bundle
 
 
@@ -61,14 +53,14 @@ def test_ddp_training_logs_from_rank_zero_only(ddp_bundle):
     assert len(events) == 2 and len({p.name.split(".")[-2] for p in events}) == 1
 
 
-def test_ddp_evaluation_gathers_every_case_and_matches_one_process(ddp_bundle, dataset):
-    overrides = cli_overrides(dataset, num_folds=TINY["num_folds"])
+def test_ddp_evaluation_gathers_every_case_and_matches_one_process(ddp_bundle, mmwhs_dataset):
+    overrides = cli_overrides(mmwhs_dataset, num_folds=TINY["num_folds"])
     torchrun("-m", "monai.bundle", "run", "--config_file", EVALUATE, *overrides, cwd=ddp_bundle)
     distributed = _read_raw(ddp_bundle / "eval" / "val_mean_dice_raw.csv")
     single = ["evaluating", "--config_file", "['configs/train.json','configs/evaluate.json']", "--output_dir", "eval_1"]
     run_cli([*single, *overrides], cwd=ddp_bundle)
     one_process = _read_raw(ddp_bundle / "eval_1" / "val_mean_dice_raw.csv")
-    cases = [Path(c["image"]).name for c in fold_datalists(dataset, 0, TINY["num_folds"])["validation"]]
+    cases = [Path(c["image"]).name for c in fold_datalists(mmwhs_dataset, 0, TINY["num_folds"])["validation"]]
     assert sorted(Path(name).name for name in distributed) == sorted(cases)
     assert distributed.keys() == one_process.keys()
     for name, values in distributed.items():
