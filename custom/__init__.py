@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-__all__ = ["data", "distributed", "losses", "metrics", "msd", "networks", "transforms"]
+__all__ = ["checkpoint", "data", "distributed", "flags", "losses", "metrics", "msd", "networks", "progress", "transforms"]
 
 
 def __getattr__(name: str) -> ModuleType:

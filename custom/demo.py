@@ -1,24 +1,30 @@
-"""End-to-end demo: synthetic MM-WHS data, DSD training and evaluation through the bundle, per-class Dice table.
+"""End-to-end demo on synthetic MM-WHS data: cross-validation, a Basic vs DSD comparison, and figures.
 
 Usage::
 
-    python -m custom.demo [--work_dir dsd_demo] [--cases 10] [--epochs 60]
+    python -m custom.demo [--work_dir dsd_demo] [--cases 10] [--epochs 40] [--folds 0,1]
+
+It trains a tiny DSD-UNETR with the bundle on each requested fold (:mod:`custom.cv`, the paper's Table 2),
+trains the plain UNETR (Basic) on the first of them (:mod:`custom.ablation`, Table 1), and draws both models'
+predictions on one validation scan beside the ground truth, and the DSD run's training curves
+(:mod:`custom.figures`, which needs the ``figures`` extra).
 """
 
 from __future__ import annotations
 
-import csv
 import time
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import fire
 
-from custom.data import MMWHS_CLASS_NAMES
+from custom.ablation import ablation_study, row_dir
+from custom.cv import cross_validate
+from custom.data import fold_datalists
+from custom.experiments import as_list
 from custom.synthetic import make_mmwhs
 
-__all__ = ["BUNDLE_DIR", "TINY_UNETR", "format_metric_table", "main", "run_bundle"]
+__all__ = ["BUNDLE_DIR", "TINY_UNETR", "main"]
 
 BUNDLE_DIR = Path(__file__).resolve().parents[1] / "bundles" / "dsd_unetr_mmwhs"
 
@@ -36,46 +42,6 @@ TINY_UNETR: dict[str, Any] = {
 }
 
 
-def run_bundle(run_id: str, config_files: list[Path], bundle_dir: Path, **overrides: Any) -> None:
-    """Run one bundle workflow in this process, exactly as ``python -m monai.bundle run`` does.
-
-    Args:
-        run_id: ``"training"`` or ``"evaluating"``.
-        config_files: config files, merged in order.
-        bundle_dir: the bundle root.
-        overrides: config ids and their new values.
-    """
-    from monai.bundle import run
-
-    configs = [str(bundle_dir / "configs" / name) for name in config_files]
-    run(
-        run_id,
-        config_file=configs,
-        meta_file=str(bundle_dir / "configs" / "metadata.json"),
-        logging_file=str(bundle_dir / "configs" / "logging.conf"),
-        bundle_root=str(bundle_dir),
-        **overrides,
-    )
-
-
-def format_metric_table(eval_dir: str | Path, class_names: Mapping[str, str]) -> str:
-    """Markdown table of per-class Dice and HD95 (mean ± std over cases) from MONAI ``MetricsSaver`` summaries.
-
-    Args:
-        eval_dir: folder holding ``val_mean_dice_summary.csv`` and ``val_hd95_mm_summary.csv``.
-        class_names: maps MetricsSaver's row names (``class0``, ..., ``mean``) to display names.
-    """
-    summaries = {}
-    for metric in ("val_mean_dice", "val_hd95_mm"):
-        with open(Path(eval_dir) / f"{metric}_summary.csv", newline="") as f:
-            summaries[metric] = {row["class"]: row for row in csv.DictReader(f)}
-    lines = ["| class | Dice | HD95 (mm) |", "|---|---|---|"]
-    for row_name, display in class_names.items():
-        cells = [f"{float(s[row_name]['mean']):.3f} ± {float(s[row_name]['std']):.3f}" for s in summaries.values()]
-        lines.append(f"| {display} | {cells[0]} | {cells[1]} |")
-    return "\n".join(lines)
-
-
 def _new_run_dir(work: Path) -> Path:
     stamp = time.strftime("run-%Y%m%d-%H%M%S")
     for attempt in range(1000):
@@ -88,42 +54,55 @@ def _new_run_dir(work: Path) -> Path:
     raise FileExistsError(f"Could not create a new run folder under {work}.")
 
 
-def main(work_dir: str = "dsd_demo", cases: int = 10, epochs: int = 60, seed: int = 0) -> str:
-    """Generate synthetic MM-WHS data, train a tiny DSD-UNETR with the bundle, evaluate it, print Dice.
+def _draw_figures(run_dir: Path, data_dir: Path, fold: int, rows: list[str]) -> list[Path]:
+    from custom.figures import dataset_label_names, segmentation_figure, training_curves
 
-    The synthetic data in ``WORK_DIR/data`` is reused by later runs; each run writes its checkpoints
-    and evaluation into a new ``WORK_DIR/run-<timestamp>`` folder, so nothing earlier is overwritten.
+    case = fold_datalists(data_dir, fold)["validation"][0]
+    stem = Path(case["image"]).name.removesuffix(".nii.gz")
+    predictions = {row: row_dir(run_dir, row, fold) / "eval" / "predictions" / f"{stem}_seg.nii.gz" for row in rows}
+    figures = run_dir / "figures"
+    try:
+        slice_png, _ = segmentation_figure(
+            case["image"], case["label"], predictions, figures / f"fold{fold}_{stem}.png", dataset_label_names("mmwhs")
+        )
+        curves_png = training_curves(row_dir(run_dir, "DSD", fold) / "eval", figures / f"fold{fold}_DSD_curves.png")
+    except ImportError as error:  # matplotlib is the optional "figures" extra
+        print(f"\nNo figures: {error}")
+        return []
+    return [Path(slice_png), Path(curves_png)]
+
+
+def main(work_dir: str = "dsd_demo", cases: int = 10, epochs: int = 40, folds: Any = (0, 1), seed: int = 0) -> str:
+    """Generate synthetic MM-WHS data, cross-validate a tiny DSD-UNETR, compare it with Basic, draw figures.
+
+    The synthetic data in ``WORK_DIR/data`` is reused by later runs; each run writes its runs, tables and
+    figures into a new ``WORK_DIR/run-<timestamp>`` folder, so nothing earlier is overwritten.
 
     Args:
         work_dir: folder for the data and the runs.
-        cases: number of synthetic cases (fold 0 of 5 folds validates on the first fifth).
-        epochs: training epochs.
+        cases: number of synthetic cases (5 folds: each fold validates on a fifth of them).
+        epochs: training epochs of every run.
+        folds: the cross-validation folds to run; Basic is trained on the first.
         seed: seed of the data and of training.
 
     Returns:
-        The per-class metric table, also printed.
+        The cross-validation table, also printed.
     """
     work = Path(work_dir).resolve()
     data_dir = work / "data"
     if not any(data_dir.glob("ct_train_*_image.nii.gz")):
         make_mmwhs(data_dir, cases=cases, seed=seed)
     run_dir = _new_run_dir(work)
-    overrides = {
-        **TINY_UNETR,
-        "dataset_dir": str(data_dir),
-        "ckpt_dir": str(run_dir / "models"),
-        "output_dir": str(run_dir / "eval"),
-        "max_epochs": epochs,
-        "val_interval": max(1, epochs // 4),
-        "seed": seed,
-    }
+    fold_list = [int(fold) for fold in as_list(folds)]
+    overrides = {**TINY_UNETR, "max_epochs": epochs, "val_interval": max(1, epochs // 4), "seed": seed}
     started = time.perf_counter()
-    run_bundle("training", ["train.json"], BUNDLE_DIR, **overrides)
-    run_bundle("evaluating", ["train.json", "evaluate.json"], BUNDLE_DIR, **overrides)
-    names = {f"class{i}": name for i, name in enumerate(MMWHS_CLASS_NAMES[1:])}
-    table = format_metric_table(run_dir / "eval", {**names, "mean": "mean (foreground)"})
-    print(f"\nDSD-UNETR on synthetic MM-WHS, fold 0 validation ({time.perf_counter() - started:.0f} s):\n{table}")
-    print(f"\nCheckpoints: {run_dir / 'models'}\nEvaluation:  {run_dir / 'eval'}")
+    table = cross_validate(str(BUNDLE_DIR), str(data_dir), folds=fold_list, work_dir=str(run_dir), **overrides)
+    rows = ["Basic", "DSD"]
+    ablation_study(str(BUNDLE_DIR), str(data_dir), fold=fold_list[0], rows=rows, work_dir=str(run_dir), **overrides)
+    figures = _draw_figures(run_dir, data_dir, fold_list[0], rows)
+    print(f"\nDemo finished in {time.perf_counter() - started:.0f} s. Runs, tables and figures: {run_dir}")
+    for figure in figures:
+        print(f"Figure: {figure}")
     return table
 
 

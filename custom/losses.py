@@ -12,7 +12,7 @@ from monai.losses import DiceCELoss
 
 from custom.networks import DECODER_KEY, ENCODER_KEY, PRED_KEY
 
-__all__ = ["ABLATIONS", "DSDLoss", "ablation_weights", "distillation_kl"]
+__all__ = ["ABLATIONS", "ABLATION_NAMES", "DSDLoss", "ablation_weights", "canonical_ablation", "distillation_kl"]
 
 #: Loss weights of the paper's ablation rows (Table 1): plain backbone, deep supervision,
 #: self-distillation of decoders only, of encoders only, and both.
@@ -23,6 +23,9 @@ ABLATIONS: dict[str, dict[str, float]] = {
     "sde": {"eta": 1.0, "alpha1": 1.0, "alpha2": 0.0},
     "dsd": {"eta": 1.0, "alpha1": 1.0, "alpha2": 1.0},
 }
+
+#: The rows' names as the paper writes them, in its order.
+ABLATION_NAMES: tuple[str, ...] = ("Basic", "DS", "SDD", "SDE", "DSD")
 
 #: Names of the loss terms kept in :attr:`DSDLoss.latest_terms`, as logged to TensorBoard.
 TERM_NAMES = ("total", "main_dice_ce", "deep_supervision", "kl_encoder", "kl_decoder")
@@ -41,6 +44,16 @@ def ablation_weights(name: str) -> dict[str, float]:
     if key not in ABLATIONS:
         raise ValueError(f"Unknown ablation '{name}'; choose one of {[k.upper() for k in ABLATIONS]}.")
     return dict(ABLATIONS[key])
+
+
+def canonical_ablation(name: str) -> str:
+    """The paper's spelling of an ablation row name given in any case (``"dsd"`` -> ``"DSD"``).
+
+    Raises:
+        ValueError: an unknown ablation name.
+    """
+    ablation_weights(name)
+    return next(canonical for canonical in ABLATION_NAMES if canonical.lower() == name.lower())
 
 
 def distillation_kl(

@@ -7,8 +7,9 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
+from unittest import mock
 
 import pytest
 import torch
@@ -22,6 +23,7 @@ from custom.losses import TERM_NAMES
 __all__ = [
     "assert_bad_input_fails_clearly",
     "assert_exports_match_checkpoint",
+    "assert_inference_needs_no_custom_code",
     "assert_plain_unetr_training_outputs",
     "cli_overrides",
     "error_chain",
@@ -50,19 +52,19 @@ def cli_overrides(dataset_dir: Path, **extra: Any) -> list[str]:
     return [arg for key, value in values.items() for arg in (f"--{key}", json.dumps(value))]
 
 
-def run_cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+def run_cli(args: list[str], cwd: Path, env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess:
     """Run ``python -m monai.bundle run ARGS`` in ``cwd`` and assert that it succeeds.
 
     Args:
         args: the arguments after ``run``.
         cwd: the working folder.
+        env: the environment; this process's if ``None``.
 
     Returns:
         the finished process, with its captured output.
     """
-    result = subprocess.run(
-        [sys.executable, "-m", "monai.bundle", "run", *args], cwd=cwd, capture_output=True, text=True, timeout=600
-    )
+    command = [sys.executable, "-m", "monai.bundle", "run", *args]
+    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     return result
 
@@ -95,7 +97,8 @@ def train_bundle_copy(bundle_dir: Path, workspace: Path, dataset_dir: Path, **ov
 
 
 def assert_plain_unetr_training_outputs(bundle: Path, in_channels: int, out_channels: int) -> None:
-    """A trained bundle saved plain tiny-UNETR checkpoints and logged every loss term and both metrics."""
+    """A trained bundle saved plain tiny-UNETR checkpoints and logged both metrics and every loss term, per iteration
+    (``train_loss/<term>``) and as epoch mean (``train_<term>``)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     backbone = UNETR(
@@ -115,7 +118,8 @@ def assert_plain_unetr_training_outputs(bundle: Path, in_channels: int, out_chan
         accumulator = EventAccumulator(str(events))
         accumulator.Reload()
         tags |= set(accumulator.Tags()["scalars"])
-    assert {f"train_loss/{term}" for term in TERM_NAMES} | {"val_mean_dice", "val_hd95_mm"} <= tags
+    loss_terms = {f"train_loss/{term}" for term in TERM_NAMES} | {f"train_{term}" for term in TERM_NAMES}
+    assert loss_terms | {"val_mean_dice", "val_hd95_mm"} <= tags
 
 
 def network_overrides() -> list[str]:
@@ -133,6 +137,29 @@ def tiny_network(bundle: Path) -> torch.nn.Module:
     for key in TINY_NETWORK_KEYS:
         parser[key] = TINY_UNETR[key]
     return parser.get_parsed_content("network_def")
+
+
+def assert_inference_needs_no_custom_code(inference_config: Path) -> None:
+    """``inference.json`` uses this repository's code only for its progress log, off where ``custom`` is absent.
+
+    The rest of the config must not name ``custom``; its handlers resolve with and without ``custom`` importable.
+    """
+    inference = json.loads(inference_config.read_text())
+    optional = [h for h in inference["handlers"] if "custom" in json.dumps(h)]
+    assert [h["_target_"] for h in optional] == ["custom.progress.ProgressLogger"]
+    required = {**inference, "handlers": [h for h in inference["handlers"] if h not in optional]}
+    assert "custom" not in json.dumps(required)
+
+    def handler_types() -> list[str]:
+        parser = ConfigParser()
+        parser.read_config(str(inference_config))
+        for key in TINY_NETWORK_KEYS:
+            parser[key] = TINY_UNETR[key]
+        return [type(h).__name__ for h in parser.get_parsed_content("handlers")]
+
+    assert handler_types()[-1] == "ProgressLogger"
+    with mock.patch.dict(sys.modules, {"custom": None}):  # as if not installed: find_spec gives None
+        assert "ProgressLogger" not in handler_types()
 
 
 def assert_exports_match_checkpoint(bundle: Path) -> None:

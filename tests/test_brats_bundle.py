@@ -20,6 +20,7 @@ from custom.synthetic import make_brats
 from helpers import (
     assert_bad_input_fails_clearly,
     assert_exports_match_checkpoint,
+    assert_inference_needs_no_custom_code,
     assert_plain_unetr_training_outputs,
     cli_overrides,
     run_cli,
@@ -148,7 +149,7 @@ def test_inference_inputs_never_include_junk_files(dataset, tmp_path, layout, ke
 def test_inference_config_needs_no_custom_code_and_matches_training_network():
     inference = json.loads((CONFIGS / "inference.json").read_text())
     train = json.loads((CONFIGS / "train.json").read_text())
-    assert "custom" not in json.dumps(inference)
+    assert_inference_needs_no_custom_code(CONFIGS / "inference.json")
     assert inference["network_def"] == train["network_def"]
     for key in ("in_channels", "num_classes", "roi_size", "feature_size", "hidden_size", "mlp_dim", "num_heads"):
         assert inference[key] == train[key], key

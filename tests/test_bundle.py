@@ -17,6 +17,7 @@ from custom.demo import BUNDLE_DIR, TINY_UNETR
 from helpers import (
     assert_bad_input_fails_clearly,
     assert_exports_match_checkpoint,
+    assert_inference_needs_no_custom_code,
     assert_plain_unetr_training_outputs,
     cli_overrides,
     run_cli,
@@ -114,7 +115,7 @@ def test_config_workflow_properties(config_files, workflow_type, mmwhs_dataset, 
 def test_inference_config_needs_no_custom_code_and_matches_training_network():
     inference = json.loads((CONFIGS / "inference.json").read_text())
     train = json.loads((CONFIGS / "train.json").read_text())
-    assert "custom" not in json.dumps(inference)
+    assert_inference_needs_no_custom_code(CONFIGS / "inference.json")
     assert inference["network_def"] == train["network_def"]
     assert inference["label_codes"] == [0, *MMWHS_LABEL_CODES]
 
