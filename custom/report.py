@@ -65,7 +65,8 @@ def report(
         The Markdown table, also printed.
 
     Raises:
-        ValueError: when ``runs`` is not a mapping or is empty.
+        ValueError: when ``runs`` is not a mapping or is empty, when a run without a record is given no
+            ``dataset_dir``, or when a recorded run is given options of its own.
         FileNotFoundError: when a run folder holds no ``models/model.pt``.
     """
     if not isinstance(runs, Mapping) or not runs:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,9 @@ def _results(dice: dict[str, float], hd95: dict[str, float]) -> dict:
         "dice": {name: {"mean": value, "std": 0.1} for name, value in dice.items()},
         "hd95": {name: {"mean": value, "std": 1.0} for name, value in hd95.items()},
     }
+
+
+FAKE_RESULTS = _results({"mean": 0.5}, {"mean": 1.0})
 
 
 @pytest.mark.parametrize(
@@ -76,7 +80,7 @@ def test_cli_lists(value, expected):
 
 def test_a_run_folder_refuses_other_settings_naming_the_file(tmp_path, monkeypatch):
     monkeypatch.setattr(experiments, "run_bundle", lambda *args, **kwargs: None)
-    monkeypatch.setattr(experiments, "_collect_results", lambda eval_dir, classes: _results({"mean": 0.5}, {"mean": 1}))
+    monkeypatch.setattr(experiments, "_collect_results", lambda eval_dir, classes: FAKE_RESULTS)
     first = experiments.run_experiment(BUNDLE_DIR, tmp_path / "run", {"max_epochs": 2, "fold": 0})
     assert experiments.run_experiment(BUNDLE_DIR, tmp_path / "run", {"fold": 0, "max_epochs": 2}) == first
     with pytest.raises(ValueError, match=r"experiment\.json.*max_epochs: 2 there, 3 now"):
@@ -86,7 +90,7 @@ def test_a_run_folder_refuses_other_settings_naming_the_file(tmp_path, monkeypat
 def test_an_interrupted_run_resumes_its_training_and_a_finished_one_is_skipped(tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr(experiments, "run_bundle", lambda run_id, *args, **kwargs: calls.append((run_id, kwargs)))
-    monkeypatch.setattr(experiments, "_collect_results", lambda eval_dir, classes: _results({"mean": 0.5}, {"mean": 1}))
+    monkeypatch.setattr(experiments, "_collect_results", lambda eval_dir, classes: FAKE_RESULTS)
     run_dir = tmp_path / "run"
     (run_dir / "models").mkdir(parents=True)
     experiments._start_record(run_dir, {"bundle": str(BUNDLE_DIR), "config_files": [], "overrides": {"fold": 1}})
@@ -120,7 +124,9 @@ def test_cross_validation_then_ablation_and_report_share_runs(tmp_path, mmwhs_da
 
     runs = []
     original = experiments.run_bundle
-    monkeypatch.setattr(experiments, "run_bundle", lambda run_id, *a, **k: runs.append(run_id) or original(run_id, *a, **k))
+    monkeypatch.setattr(
+        experiments, "run_bundle", lambda run_id, *a, **k: runs.append(run_id) or original(run_id, *a, **k)
+    )
     overrides = {**FAST, "dataset_dir": str(mmwhs_dataset)}
     table = ablation_study(str(BUNDLE_DIR), fold=0, rows="basic,dsd", work_dir=str(work), **overrides)
     assert runs == ["training", "evaluating"]  # DSD on fold 0 is the cross-validation's run
@@ -129,11 +135,24 @@ def test_cross_validation_then_ablation_and_report_share_runs(tmp_path, mmwhs_da
         float(table.splitlines()[3].split(" | ")[4 + len(MMWHS_CLASSES)].split(" ± ")[0]), abs=1e-3
     )
 
+    dsd_cells = table.splitlines()[3].split(" | ")[4:]
+    dsd_cells[-1] = dsd_cells[-1].removesuffix(" |")
     runs.clear()
     report_dir = tmp_path / "report"
-    table = report(str(BUNDLE_DIR), {"UNETR": str(work / "Basic" / "fold_0"), "DSD-UNETR": str(work / "DSD" / "fold_0")}, out_dir=str(report_dir))
+    runs_by_name = {"UNETR": str(work / "Basic" / "fold_0"), "DSD-UNETR": str(work / "DSD" / "fold_0")}
+    table = report(str(BUNDLE_DIR), runs_by_name, out_dir=str(report_dir))
     assert runs == [] and (report_dir / "report.csv").is_file()
     assert "| DSD-UNETR |" in table
+
+    # a run trained with MONAI's CLI has no record: the report evaluates it with the options it is given
+    cli_run = tmp_path / "cli_trained"
+    shutil.copytree(work / "DSD" / "fold_0" / "models", cli_run / "models")
+    with pytest.raises(ValueError, match="give --dataset_dir"):
+        report(str(BUNDLE_DIR), {"DSD": str(cli_run)})
+    options = {**FAST, "fold": 0, "out_dir": str(report_dir)}
+    table = report(str(BUNDLE_DIR), {"DSD": str(cli_run)}, dataset_dir=str(mmwhs_dataset), **options)
+    assert runs == ["evaluating"]
+    assert table.splitlines()[2] == f"| DSD | {' | '.join(dsd_cells)} |"
 
 
 def test_brats_ablation_writes_the_region_table_on_the_test_split(tmp_path):
