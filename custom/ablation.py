@@ -19,19 +19,13 @@ from typing import Any
 
 import fire
 
-from custom.experiments import as_list, bundle_has_folds, experiment_overrides, run_experiment
+from custom.experiments import as_list, bundle_has_folds, run_study, study_run_dir
 from custom.losses import ABLATION_NAMES, ablation_weights, canonical_ablation
 from custom.tables import write_comparison_tables
-from custom.tracking import tracking_settings
 
-__all__ = ["ablation_study", "row_dir"]
+__all__ = ["ablation_study"]
 
 logger = logging.getLogger(__name__)
-
-
-def row_dir(work_dir: str | Path, row: str, fold: int | None) -> Path:
-    """The run folder of one ablation row: ``WORK_DIR/<row>/fold_<k>``, or ``WORK_DIR/<row>`` without folds."""
-    return Path(work_dir) / row / f"fold_{fold}" if fold is not None else Path(work_dir) / row
 
 
 def ablation_study(
@@ -70,15 +64,8 @@ def ablation_study(
     work = Path(work_dir or f"ablation_{bundle.resolve().name}")
     results, weights = {}, {}
     for position, row in enumerate(names, 1):
-        run_dir = row_dir(work, row, run_fold)
-        logger.info("Ablation: %s (%d of %d) in %s", row, position, len(names), run_dir)
-        results[row] = run_experiment(
-            bundle,
-            run_dir,
-            experiment_overrides(dataset_dir, row, run_fold, **overrides),
-            config_files=as_list(configs),
-            tracking=tracking_settings(tracking, bundle, work, str(run_dir.relative_to(work))),
-        )
+        logger.info("Ablation: %s (%d of %d) in %s", row, position, len(names), study_run_dir(work, row, run_fold))
+        results[row] = run_study(bundle, work, row, run_fold, dataset_dir, overrides, as_list(configs), tracking)
         weights[row] = ablation_weights(row)
     stem = "ablation" if run_fold is None else f"ablation_fold{run_fold}"
     table = write_comparison_tables(results, work, stem, name_column="variant", settings=weights)

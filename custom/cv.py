@@ -19,10 +19,9 @@ from typing import Any
 
 import fire
 
-from custom.experiments import as_list, bundle_has_folds, default_value, experiment_overrides, run_experiment
+from custom.experiments import as_list, bundle_has_folds, default_value, run_study, study_run_dir
 from custom.losses import canonical_ablation
 from custom.tables import write_cv_tables
-from custom.tracking import tracking_settings
 
 __all__ = ["cross_validate"]
 
@@ -70,15 +69,9 @@ def cross_validate(
     work = Path(work_dir or f"cv_{bundle.resolve().name}")
     results = {}
     for position, fold in enumerate(fold_list, 1):
-        run_name = f"{ablation}/fold_{fold}"
-        logger.info("Cross-validation: fold %d (%d of %d) in %s", fold, position, len(fold_list), work / run_name)
-        results[fold] = run_experiment(
-            bundle,
-            work / ablation / f"fold_{fold}",
-            experiment_overrides(dataset_dir, ablation, fold, **overrides),
-            config_files=as_list(configs),
-            tracking=tracking_settings(tracking, bundle, work, run_name),
-        )
+        run_dir = study_run_dir(work, ablation, fold)
+        logger.info("Cross-validation: fold %d (%d of %d) in %s", fold, position, len(fold_list), run_dir)
+        results[fold] = run_study(bundle, work, ablation, fold, dataset_dir, overrides, as_list(configs), tracking)
     table = write_cv_tables(results, work / ablation)
     print(f"\n{ablation} on {bundle.resolve().name}, {len(fold_list)}-fold cross-validation:\n\n{table}")
     print(f"Tables: {work / ablation}")

@@ -18,10 +18,10 @@ from typing import Any
 
 import fire
 
-from custom.ablation import ablation_study, row_dir
+from custom.ablation import ablation_study
 from custom.cv import cross_validate
 from custom.data import fold_datalists
-from custom.experiments import as_list
+from custom.experiments import as_list, study_run_dir
 from custom.synthetic import make_mmwhs
 
 __all__ = ["BUNDLE_DIR", "TINY_UNETR", "main"]
@@ -59,13 +59,16 @@ def _draw_figures(run_dir: Path, data_dir: Path, fold: int, rows: list[str]) -> 
 
     case = fold_datalists(data_dir, fold)["validation"][0]
     stem = Path(case["image"]).name.removesuffix(".nii.gz")
-    predictions = {row: row_dir(run_dir, row, fold) / "eval" / "predictions" / f"{stem}_seg.nii.gz" for row in rows}
+    predictions = {
+        row: study_run_dir(run_dir, row, fold) / "eval" / "predictions" / f"{stem}_seg.nii.gz" for row in rows
+    }
     figures = run_dir / "figures"
     try:
         slice_png, _ = segmentation_figure(
             case["image"], case["label"], predictions, figures / f"fold{fold}_{stem}.png", dataset_label_names("mmwhs")
         )
-        curves_png = training_curves(row_dir(run_dir, "DSD", fold) / "eval", figures / f"fold{fold}_DSD_curves.png")
+        dsd_eval = study_run_dir(run_dir, "DSD", fold) / "eval"
+        curves_png = training_curves(dsd_eval, figures / f"fold{fold}_DSD_curves.png")
     except ImportError as error:  # matplotlib is the optional "figures" extra
         print(f"\nNo figures: {error}")
         return []

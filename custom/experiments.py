@@ -20,6 +20,7 @@ from typing import Any
 __all__ = [
     "METRICS",
     "as_list",
+    "bundle_config",
     "default_value",
     "experiment_overrides",
     "RECORD_FILE",
@@ -31,6 +32,8 @@ __all__ = [
     "report_classes",
     "run_bundle",
     "run_experiment",
+    "run_study",
+    "study_run_dir",
 ]
 
 #: The evaluation's metric files (MONAI ``MetricsSaver`` names) by the name the reports give them.
@@ -69,17 +72,18 @@ def run_bundle(
     )
 
 
-def _parser(bundle_dir: Path, config_files: Sequence[str]):
+def bundle_config(bundle_dir: str | os.PathLike, config_files: Sequence[str] = (TRAIN_CONFIG,)):
+    """A ``monai.bundle.ConfigParser`` holding the bundle's config files, merged in order, unparsed."""
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()
-    parser.read_config([str(bundle_dir / "configs" / name) for name in config_files])
+    parser.read_config([str(Path(bundle_dir) / "configs" / name) for name in config_files])
     return parser
 
 
 def bundle_has_folds(bundle_dir: str | os.PathLike) -> bool:
     """Whether the bundle's training splits its data into cross-validation folds (a ``fold`` config id)."""
-    return "fold" in _parser(Path(bundle_dir), [TRAIN_CONFIG])
+    return "fold" in bundle_config(bundle_dir)
 
 
 def report_classes(bundle_dir: str | os.PathLike) -> list[str]:
@@ -89,7 +93,7 @@ def report_classes(bundle_dir: str | os.PathLike) -> list[str]:
         KeyError: when the bundle's evaluate.json does not define ``report_classes``.
     """
     bundle_dir = Path(bundle_dir)
-    parser = _parser(bundle_dir, [TRAIN_CONFIG, EVALUATE_CONFIG])
+    parser = bundle_config(bundle_dir, [TRAIN_CONFIG, EVALUATE_CONFIG])
     if "report_classes" not in parser:
         raise KeyError(f"{bundle_dir / 'configs' / EVALUATE_CONFIG} defines no 'report_classes'.")
     return [str(name) for name in parser.get_parsed_content("report_classes")]
@@ -246,7 +250,7 @@ def as_list(value: Any) -> list:
 
 def default_value(bundle_dir: str | os.PathLike, config_id: str) -> Any:
     """The value of ``config_id`` in the bundle's train.json, parsed."""
-    return _parser(Path(bundle_dir), [TRAIN_CONFIG]).get_parsed_content(config_id)
+    return bundle_config(bundle_dir).get_parsed_content(config_id)
 
 
 def experiment_overrides(dataset_dir: str | os.PathLike, ablation: str, fold: int | None, **overrides: Any) -> dict:
@@ -262,3 +266,48 @@ def experiment_overrides(dataset_dir: str | os.PathLike, ablation: str, fold: in
     if fold is not None:
         settings["fold"] = int(fold)
     return settings
+
+
+def study_run_dir(work_dir: str | os.PathLike, ablation: str, fold: int | None) -> Path:
+    """The run folder of one ablation row on one fold: ``WORK_DIR/<row>/fold_<k>``, ``WORK_DIR/<row>`` without folds.
+
+    :mod:`custom.cv` and :mod:`custom.ablation` both lay their runs out so, which lets them share runs.
+    """
+    return Path(work_dir) / ablation / f"fold_{fold}" if fold is not None else Path(work_dir) / ablation
+
+
+def run_study(
+    bundle_dir: str | os.PathLike,
+    work_dir: str | os.PathLike,
+    ablation: str,
+    fold: int | None,
+    dataset_dir: str | os.PathLike,
+    overrides: Mapping[str, Any],
+    config_files: Sequence[str] = (),
+    tracking: str | None = None,
+) -> dict[str, dict[str, dict[str, float]]]:
+    """One run of a cross-validation or an ablation study: :func:`run_experiment` in :func:`study_run_dir`.
+
+    Args:
+        bundle_dir: the bundle root.
+        work_dir: the study's work folder.
+        ablation: the paper's ablation row (Basic, DS, SDD, SDE, DSD).
+        fold: the cross-validation fold, or ``None`` for bundles with a fixed split.
+        dataset_dir: the dataset.
+        overrides: any other config ids and values.
+        config_files: extra config files of the bundle, see :func:`run_experiment`.
+        tracking: ``None`` or ``"mlflow"``: one MLflow run named after the run folder, in ``work_dir``.
+
+    Returns:
+        The run's results, see :func:`run_experiment`.
+    """
+    from custom.tracking import tracking_settings
+
+    run_dir = study_run_dir(work_dir, ablation, fold)
+    return run_experiment(
+        bundle_dir,
+        run_dir,
+        experiment_overrides(dataset_dir, ablation, fold, **overrides),
+        config_files=config_files,
+        tracking=tracking_settings(tracking, bundle_dir, work_dir, run_dir.relative_to(work_dir).as_posix()),
+    )

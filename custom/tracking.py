@@ -91,9 +91,8 @@ def tracking_settings(
         return None
     if str(tracking).lower() != "mlflow":
         raise ValueError(f"--tracking {tracking!r} is not supported; use 'mlflow' or leave it out.")
-    from monai.bundle import ConfigParser
+    from custom.experiments import bundle_config
 
-    parser = ConfigParser()
-    parser.read_config(str(Path(bundle_dir) / "configs" / "train.json"))
+    parser = bundle_config(bundle_dir)
     present = [pid for pid in TRACKED_PARAMETERS if pid in parser]
     return mlflow_settings(work_dir, Path(work_dir).resolve().name, run_name, present)

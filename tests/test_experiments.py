@@ -6,7 +6,6 @@ import csv
 import json
 import math
 import shutil
-from pathlib import Path
 
 import pytest
 
