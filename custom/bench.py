@@ -3,10 +3,12 @@
 Usage::
 
     python -m custom.bench [--backbone unetr] [--size 96] [--batch 2] [--classes 8] [--device cpu|cuda]
-                           [--amp] [--steps 5] [--json OUT]
+                           [--amp] [--steps 5] [--reference] [--json OUT]
 
 Training variants, as in the paper's ablation: ``basic`` (the bare backbone with DiceCE), ``ds`` (deep
-supervision of the decoder heads) and ``dsd`` (deep supervision and both distillations). Step times
+supervision of the decoder heads) and ``dsd`` (deep supervision and both distillations), built as the
+bundles build them: heads with deferred upsampling and the blockwise loss. ``--reference`` measures
+instead full-resolution heads and the term-by-term eq. 4, the straightforward implementation. Step times
 are medians over ``steps`` steps taken in turn by every variant in one process, so that drift of the
 machine affects all variants alike. Peak memory is CUDA's max allocated on a GPU; on the CPU each
 variant runs in its own subprocess and reports how far its peak resident set grew over the process's
@@ -23,6 +25,7 @@ import sys
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
+from dataclasses import asdict, dataclass
 from functools import partial
 from typing import Any
 
@@ -33,7 +36,7 @@ import torch.nn as nn
 from custom.losses import DSDLoss
 from custom.networks import DSDNet
 
-__all__ = ["BACKBONES", "VARIANTS", "main", "measure_memory", "measure_times"]
+__all__ = ["BACKBONES", "VARIANTS", "Setup", "main", "measure_memory", "measure_times"]
 
 VARIANTS = ("basic", "ds", "dsd")
 
@@ -64,27 +67,59 @@ BACKBONES: dict[str, Callable[[int, int, int], tuple[nn.Module, list[str], list[
 }
 
 
-def _build(variant: str, backbone: str, size: int, classes: int, device: torch.device) -> tuple[nn.Module, nn.Module]:
+@dataclass(frozen=True)
+class Setup:
+    """The workload every variant is measured on.
+
+    Attributes:
+        backbone: one of :data:`BACKBONES`.
+        size: edge of the cubic input patch.
+        batch: batch size.
+        classes: number of classes.
+        amp: bf16 autocast.
+        reference: full-resolution heads and the term-by-term loss instead of the bundles' blockwise one.
+    """
+
+    backbone: str = "unetr"
+    size: int = 96
+    batch: int = 2
+    classes: int = 8
+    amp: bool = False
+    reference: bool = False
+
+
+def _build(
+    variant: str, backbone: str, size: int, classes: int, device: torch.device, reference: bool = False
+) -> tuple[nn.Module, nn.Module]:
     net, encoder_taps, decoder_taps = BACKBONES[backbone](1, classes, size)
     loss = DSDLoss.from_ablation(variant)
     if variant != "basic":  # as the bundles do, build only the heads the loss reads
         encoder_taps = encoder_taps if loss.uses_encoder_heads else []
         decoder_taps = decoder_taps if loss.uses_decoder_heads else []
-        net = DSDNet(net, encoder_taps, decoder_taps, num_classes=classes, in_channels=1, roi_size=(size,) * 3)
+        net = DSDNet(
+            net,
+            encoder_taps,
+            decoder_taps,
+            num_classes=classes,
+            in_channels=1,
+            roi_size=(size,) * 3,
+            defer_upsampling=not reference,
+        )
     return net.to(device), loss
 
 
 class _Step:
     """One variant's model, optimiser and data, stepping on demand."""
 
-    def __init__(self, variant: str, backbone: str, size: int, batch: int, classes: int, device: torch.device, amp: bool):
-        self.net, self.loss = _build(variant, backbone, size, classes, device)
+    def __init__(self, variant: str, setup: Setup, device: torch.device):
+        self.net, self.loss = _build(variant, setup.backbone, setup.size, setup.classes, device, setup.reference)
         self.optimizer = torch.optim.AdamW(self.net.parameters(), lr=1e-4)
         generator = torch.Generator().manual_seed(0)
-        self.image = torch.randn(batch, 1, size, size, size, generator=generator).to(device)
-        self.label = torch.randint(0, classes, (batch, 1, size, size, size), generator=generator).to(device)
+        shape = (setup.batch, 1, *(setup.size,) * 3)
+        self.image = torch.randn(shape, generator=generator).to(device)
+        self.label = torch.randint(0, setup.classes, shape, generator=generator).to(device)
         self.device = device
-        self.autocast = torch.autocast(device.type, dtype=torch.bfloat16) if amp else nullcontext()
+        self.autocast = torch.autocast(device.type, dtype=torch.bfloat16) if setup.amp else nullcontext()
 
     def _sync(self) -> None:
         if self.device.type == "cuda":
@@ -113,11 +148,9 @@ class _Step:
         return time.perf_counter() - start
 
 
-def measure_times(
-    backbone: str, size: int, batch: int, classes: int, device: torch.device, amp: bool, steps: int
-) -> dict[str, float]:
+def measure_times(setup: Setup, device: torch.device, steps: int) -> dict[str, float]:
     """Median training-step time of each variant and eval-mode forward time of DSD vs its bare backbone."""
-    runners = {v: _Step(v, backbone, size, batch, classes, device, amp) for v in VARIANTS}
+    runners = {v: _Step(v, setup, device) for v in VARIANTS}
     for runner in runners.values():  # warm-up: allocator, autotuning, first-call overheads
         runner.train_step()
     times: dict[str, list[float]] = {v: [] for v in VARIANTS}
@@ -166,19 +199,17 @@ def _peak_rss_bytes() -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
 
 
-def _memory_of_variant(variant: str, backbone: str, size: int, batch: int, classes: int, amp: bool, steps: int) -> int:
+def _memory_of_variant(variant: str, setup: dict[str, Any], steps: int) -> int:
     """Peak training memory of one variant in this process (run it in a fresh subprocess on the CPU)."""
     device = torch.device("cpu")
     before = _reset_peak_rss()
-    runner = _Step(variant, backbone, size, batch, classes, device, amp)
+    runner = _Step(variant, Setup(**setup), device)
     for _ in range(steps):
         runner.train_step()
     return _peak_rss_bytes() - before
 
 
-def measure_memory(
-    backbone: str, size: int, batch: int, classes: int, device: torch.device, amp: bool, steps: int = 2
-) -> dict[str, int]:
+def measure_memory(setup: Setup, device: torch.device, steps: int = 2) -> dict[str, int]:
     """Peak training memory in bytes of each variant: CUDA max allocated, or peak RSS growth in a subprocess."""
     result = {}
     for variant in VARIANTS:
@@ -186,7 +217,7 @@ def measure_memory(
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(device)
             base = torch.cuda.memory_allocated(device)
-            runner = _Step(variant, backbone, size, batch, classes, device, amp)
+            runner = _Step(variant, setup, device)
             for _ in range(steps):
                 runner.train_step()
             result[f"memory_bytes_{variant}"] = torch.cuda.max_memory_allocated(device) - base
@@ -194,7 +225,7 @@ def measure_memory(
         else:
             code = (
                 "import json, sys; from custom.bench import _memory_of_variant; "
-                f"print(json.dumps(_memory_of_variant({variant!r}, {backbone!r}, {size}, {batch}, {classes}, {amp}, {steps})))"
+                f"print(json.dumps(_memory_of_variant({variant!r}, {asdict(setup)!r}, {steps})))"
             )
             out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
             result[f"memory_bytes_{variant}"] = int(out.strip().splitlines()[-1])
@@ -209,6 +240,7 @@ def main(
     device: str = "cpu",
     amp: bool = False,
     steps: int = 5,
+    reference: bool = False,
     json_path: str | None = None,
     **kwargs: Any,
 ) -> dict[str, Any]:
@@ -222,6 +254,7 @@ def main(
         device: ``cpu`` or ``cuda``.
         amp: bf16 autocast.
         steps: timed steps per variant (after one warm-up step).
+        reference: full-resolution heads and the term-by-term loss instead of the bundles' blockwise one.
         json_path: also write the results to this JSON file (``--json`` on the command line).
 
     Returns:
@@ -234,18 +267,15 @@ def main(
     if backbone not in BACKBONES:
         raise ValueError(f"Unknown backbone '{backbone}'; choose one of {sorted(BACKBONES)}.")
     torch_device = torch.device(device)
+    setup = Setup(backbone, size, batch, classes, amp, reference)
     results: dict[str, Any] = {
-        "backbone": backbone,
-        "size": size,
-        "batch": batch,
-        "classes": classes,
+        **asdict(setup),
         "device": torch.cuda.get_device_name(torch_device) if torch_device.type == "cuda" else "cpu",
         "threads": torch.get_num_threads(),
-        "amp": amp,
         "torch": torch.__version__,
     }
-    results.update(measure_times(backbone, size, batch, classes, torch_device, amp, steps))
-    results.update(measure_memory(backbone, size, batch, classes, torch_device, amp))
+    results.update(measure_times(setup, torch_device, steps))
+    results.update(measure_memory(setup, torch_device))
     for variant in ("ds", "dsd"):
         results[f"step_ratio_{variant}"] = results[f"step_s_{variant}"] / results["step_s_basic"]
         results[f"memory_ratio_{variant}"] = results[f"memory_bytes_{variant}"] / results["memory_bytes_basic"]

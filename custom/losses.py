@@ -10,7 +10,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from monai.losses import DiceCELoss
 
-from custom.networks import DECODER_KEY, ENCODER_KEY, PRED_KEY
+from custom.fused_loss import DiceCESettings, KLGroup, fused_head_terms
+from custom.networks import DECODER_KEY, ENCODER_KEY, PRED_KEY, DeferredLogits
 
 __all__ = ["ABLATIONS", "ABLATION_NAMES", "DSDLoss", "ablation_weights", "canonical_ablation", "distillation_kl"]
 
@@ -90,6 +91,12 @@ class DSDLoss(nn.Module):
     plain tensor instead of the :class:`~custom.networks.DSDNet` dictionary (e.g. an eval-mode
     output), the loss is ``DiceCE(Y, G)``.
 
+    Heads given as full-resolution tensors are computed term by term as eq. 4 reads. Heads given as
+    :class:`~custom.networks.DeferredLogits` (``DSDNet(defer_upsampling=True)``) go through
+    :func:`custom.fused_loss.fused_head_terms`, which gives the same terms and gradients block by
+    block without holding full-resolution logits; with DiceCE options it does not reproduce, they
+    are upsampled and computed term by term.
+
     By default the teacher is not detached, as in the authors' code: the KL terms then also pull the
     teacher towards its students. ``detach_teacher=True`` gives classic one-way distillation; note
     that encoder heads get no deep supervision, so with a detached teacher the encoder teacher's
@@ -126,6 +133,7 @@ class DSDLoss(nn.Module):
         self.detach_teacher = detach_teacher
         kwargs = {"include_background": True, "to_onehot_y": True, "softmax": True, **(dice_ce_kwargs or {})}
         self.dice_ce = DiceCELoss(**kwargs)
+        self.fused_settings = DiceCESettings.from_kwargs(kwargs)
         self.latest_terms: dict[str, torch.Tensor] = {}
 
     @classmethod
@@ -144,11 +152,21 @@ class DSDLoss(nn.Module):
             outputs = {PRED_KEY: outputs, ENCODER_KEY: [], DECODER_KEY: []}
         main = self.dice_ce(outputs[PRED_KEY], target)
         zero = main.new_zeros(())
-        encoders: Sequence[torch.Tensor] = outputs[ENCODER_KEY]
-        decoders: Sequence[torch.Tensor] = outputs[DECODER_KEY]
+        encoders: Sequence[torch.Tensor | DeferredLogits] = outputs[ENCODER_KEY]
+        decoders: Sequence[torch.Tensor | DeferredLogits] = outputs[DECODER_KEY]
+        if any(isinstance(head, DeferredLogits) for head in (*encoders, *decoders)):
+            fused = self._fused_terms(encoders, decoders, target, zero) if self.fused_settings is not None else None
+            if fused is not None:
+                return self._total(main, *fused)
+            encoders, decoders = ([_upsampled(h) for h in heads] for heads in (encoders, decoders))
         deep_supervision = sum((self.dice_ce(d, target) for d in decoders), zero) if self.eta else zero
         kl_encoder = self._distill(encoders[-1], encoders[:-1]) if self.alpha1 and encoders else zero
         kl_decoder = self._distill(decoders[0], decoders[1:]) if self.alpha2 and decoders else zero
+        return self._total(main, deep_supervision, kl_encoder, kl_decoder)
+
+    def _total(
+        self, main: torch.Tensor, deep_supervision: torch.Tensor, kl_encoder: torch.Tensor, kl_decoder: torch.Tensor
+    ) -> torch.Tensor:
         total = main + self.eta * deep_supervision + self.alpha1 * kl_encoder + self.alpha2 * kl_decoder
         terms = (total, main, deep_supervision, kl_encoder, kl_decoder)
         self.latest_terms = {name: value.detach() for name, value in zip(TERM_NAMES, terms)}
@@ -163,6 +181,42 @@ class DSDLoss(nn.Module):
     def uses_decoder_heads(self) -> bool:
         """Whether any term reads the decoder heads; a network may skip building them otherwise."""
         return self.eta > 0 or self.alpha2 > 0
+
+    def _fused_terms(
+        self,
+        encoders: Sequence[torch.Tensor | DeferredLogits],
+        decoders: Sequence[torch.Tensor | DeferredLogits],
+        target: torch.Tensor,
+        zero: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """Deep supervision and both distillation sums in one blockwise pass over the heads, if possible."""
+        heads = [*encoders, *decoders]
+        decoder_index = list(range(len(encoders), len(heads)))
+        supervised = decoder_index if self.eta else []
+        groups, names = [], []
+        if self.alpha1 and len(encoders) > 1:
+            groups.append(KLGroup(len(encoders) - 1, tuple(range(len(encoders) - 1))))
+            names.append("encoder")
+        if self.alpha2 and len(decoders) > 1:
+            groups.append(KLGroup(decoder_index[0], tuple(decoder_index[1:])))
+            names.append("decoder")
+        if not supervised and not groups:
+            return zero, zero, zero
+        used = sorted({*supervised, *(i for g in groups for i in (g.teacher, *g.students))})
+        position = {i: n for n, i in enumerate(used)}
+        terms = fused_head_terms(
+            [heads[i] for i in used],
+            target,
+            [position[i] for i in supervised],
+            [KLGroup(position[g.teacher], tuple(position[i] for i in g.students)) for g in groups],
+            self.tau,
+            self.detach_teacher,
+            self.fused_settings,
+        )
+        if terms is None:
+            return None
+        kl = dict(zip(names, terms[1:]))
+        return terms[0] if supervised else zero, kl.get("encoder", zero), kl.get("decoder", zero)
 
     def _distill(self, teacher: torch.Tensor, students: Sequence[torch.Tensor]) -> torch.Tensor:
         """``sum_i distillation_kl(students[i], teacher)`` in one pass over the teacher.
@@ -180,3 +234,7 @@ class DSDLoss(nn.Module):
         voxels = teacher.numel() // teacher.shape[1]
         kl = (log_teacher.exp() * (len(students) * log_teacher - log_students)).sum()
         return kl / voxels * self.tau**2
+
+
+def _upsampled(head: torch.Tensor | DeferredLogits) -> torch.Tensor:
+    return head.upsample() if isinstance(head, DeferredLogits) else head

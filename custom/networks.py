@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import partial
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from monai.networks.layers import Conv
 
-__all__ = ["TAP_INPUT_SUFFIX", "BottleneckHead", "DSDNet", "parse_tap", "upsampling_steps"]
+__all__ = ["TAP_INPUT_SUFFIX", "BottleneckHead", "DSDNet", "DeferredLogits", "parse_tap", "upsampling_steps"]
 
 #: A tap named ``"<module>:input"`` reads the first positional input of the module instead of its output.
 TAP_INPUT_SUFFIX = ":input"
@@ -55,6 +57,58 @@ def upsampling_steps(scale: Sequence[int]) -> list[tuple[int, ...]]:
     return steps
 
 
+class DeferredLogits(NamedTuple):
+    """A head's class logits before upsampling, with the one linear map that takes them to input resolution.
+
+    Transposed convolutions with kernel = stride and nothing between them compose into a single one
+    whose kernel and stride are the total scale, with a bias that depends on the position inside each
+    kernel block. Keeping the logits in this form lets a loss upsample them block by block instead of
+    holding a full-resolution tensor per head.
+
+    Attributes:
+        low_res: ``(B, K, *spatial)`` logits of the head's 1x1x1 convolution, at the tap's resolution.
+        weight: ``(K, K, *scale)`` transposed-convolution kernel of the whole upsampling.
+        bias: ``(K, *scale)`` bias of each position inside a kernel block.
+    """
+
+    low_res: torch.Tensor
+    weight: torch.Tensor
+    bias: torch.Tensor
+
+    @property
+    def scale(self) -> tuple[int, ...]:
+        """Per-axis factor from ``low_res`` to input resolution."""
+        return tuple(self.weight.shape[2:])
+
+    def upsample(self) -> torch.Tensor:
+        """The logits at input resolution, as :meth:`BottleneckHead.forward` computes them."""
+        transposed_conv = (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)[len(self.scale) - 1]
+        logits = transposed_conv(self.low_res, self.weight.to(self.low_res.dtype), stride=self.scale)
+        blocks, block_bias = list(logits.shape[:2]), [self.bias.shape[0]]
+        for size, factor in zip(self.low_res.shape[2:], self.scale):
+            blocks += [size, factor]
+            block_bias += [1, factor]
+        return (logits.view(blocks) + self.bias.to(logits.dtype).view(block_bias)).view(logits.shape)
+
+
+def _compose_transposed(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+    """Kernel of ``second`` applied after ``first``, both transposed convolutions with kernel = stride.
+
+    Args:
+        first: ``(I, M, *a)`` kernel.
+        second: ``(M, O, *s)`` kernel.
+
+    Returns:
+        The ``(I, O, *(a * s))`` kernel; output position ``a_i * s_i + s_i'`` along each axis.
+    """
+    dims = first.dim() - 2
+    product = torch.einsum("ima,mos->ioas", first.flatten(2), second.flatten(2))
+    product = product.reshape(*product.shape[:2], *first.shape[2:], *second.shape[2:])
+    interleaved = [0, 1] + [axis for d in range(dims) for axis in (2 + d, 2 + dims + d)]
+    sizes = [a * s for a, s in zip(first.shape[2:], second.shape[2:])]
+    return product.permute(interleaved).reshape(*product.shape[:2], *sizes)
+
+
 class BottleneckHead(nn.Module):
     """The paper's bottleneck module: a 1x1x1 convolution to class logits, then transposed-convolution upsampling.
 
@@ -83,6 +137,28 @@ class BottleneckHead(nn.Module):
         for step in self.steps:
             logits = self.upsample[_stride_key(step)](logits)
         return logits
+
+    def composed_upsampling(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The whole upsampling chain as one transposed convolution: ``(weight, bias)`` of :class:`DeferredLogits`.
+
+        Computed in float32 even under autocast: the kernel is a few thousand numbers, and rounding
+        it would make the deferred logits differ from :meth:`forward`'s.
+        """
+        reference = self.to_logits.weight
+        classes, dims = reference.shape[0], reference.dim() - 2
+        ones = [1] * dims
+        with torch.autocast(reference.device.type, enabled=False):
+            weight = torch.eye(classes, dtype=reference.dtype, device=reference.device).view(classes, classes, *ones)
+            bias = reference.new_zeros(classes, *ones)
+            for step in self.steps:
+                conv = self.upsample[_stride_key(step)]
+                weight = _compose_transposed(weight, conv.weight)
+                bias = _compose_transposed(bias[None], conv.weight)[0] + conv.bias.view(classes, *ones)
+        return weight, bias
+
+    def defer(self, features: torch.Tensor) -> DeferredLogits:
+        """The head's logits in the deferred form: the 1x1x1 convolution is applied, the upsampling is not."""
+        return DeferredLogits(self.to_logits(features), *self.composed_upsampling())
 
 
 def _stride_key(stride: Sequence[int]) -> str:
@@ -114,6 +190,9 @@ class DSDNet(nn.Module):
         share_heads: give taps whose feature maps have the same channel count and scale one shared
             head, as the authors' nnU-Net and SwinUNETR share the head of an encoder stage with that of
             the decoder stage at the same resolution. ``False`` gives every tap its own head.
+        defer_upsampling: in training mode return each head's logits as :class:`DeferredLogits`, which
+            :class:`~custom.losses.DSDLoss` upsamples block by block, so that no full-resolution logits
+            of a head are ever held (the bundles' setting). ``False`` returns full-resolution tensors.
 
     Without taps (the plain-backbone ablation) the training output holds empty head lists.
 
@@ -141,9 +220,11 @@ class DSDNet(nn.Module):
         in_channels: int,
         roi_size: Sequence[int],
         share_heads: bool = False,
+        defer_upsampling: bool = False,
     ) -> None:
         super().__init__()
         self.backbone = backbone
+        self.defer_upsampling = defer_upsampling
         self.encoder_taps = list(encoder_taps)
         self.decoder_taps = list(decoder_taps)
         for tap in self.taps:
@@ -212,15 +293,19 @@ class DSDNet(nn.Module):
             raise RuntimeError(f"DSDNet taps {missing} were not reached by the backbone's forward pass.")
         return pred, features
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor | list[torch.Tensor]]:
+    def forward(self, x: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor | list[torch.Tensor | DeferredLogits]]:
         if not self.training:
             return self.backbone(x)
         pred, features = self._run_backbone(x)
         return {
             PRED_KEY: pred,
-            ENCODER_KEY: [self.heads[_head_key(tap)](features[tap]) for tap in self.encoder_taps],
-            DECODER_KEY: [self.heads[_head_key(tap)](features[tap]) for tap in self.decoder_taps],
+            ENCODER_KEY: [self._head_logits(tap, features[tap]) for tap in self.encoder_taps],
+            DECODER_KEY: [self._head_logits(tap, features[tap]) for tap in self.decoder_taps],
         }
+
+    def _head_logits(self, tap: str, features: torch.Tensor) -> torch.Tensor | DeferredLogits:
+        head = self.heads[_head_key(tap)]
+        return head.defer(features) if self.defer_upsampling else head(features)
 
 
 def _store_output(features: dict[str, torch.Tensor], tap: str, module: nn.Module, args: tuple, output) -> None:

@@ -21,10 +21,11 @@ import pytest
 import torch
 from monai.bundle import ConfigParser, ConfigWorkflow
 
+import custom.fused_loss as fused_loss
 from custom.data import MMWHS_LABEL_CODES
 from custom.demo import BUNDLE_DIR, TINY_UNETR
 from custom.losses import ABLATIONS, DSDLoss
-from custom.networks import DSDNet, parse_tap
+from custom.networks import DeferredLogits, DSDNet, parse_tap
 from custom.params import ParamRow, main as params_main
 from custom.synthetic import make_mmwhs
 
@@ -151,9 +152,35 @@ def test_training_forward_backward(backbone, trained):
     out = result["out"]
     assert out["pred"].shape == (2, K, *x.shape[2:])
     assert len(out["encoder"]) == len(net.encoder_taps) and len(out["decoder"]) == len(net.decoder_taps)
-    assert all(logits.shape == out["pred"].shape for logits in out["encoder"] + out["decoder"])
+    heads = out["encoder"] + out["decoder"]
+    assert all(isinstance(head, DeferredLogits) for head in heads)  # the bundle's blockwise setting
+    assert all(head.upsample().shape == out["pred"].shape for head in heads)
     assert set(result["head_grads"]) == {n for n, _ in net.heads.named_parameters()}
     assert all(torch.count_nonzero(g) > 0 for g in result["head_grads"].values())
+
+
+@pytest.mark.parametrize("backbone", list(BACKBONES))
+def test_blockwise_loss_equals_full_resolution_loss(backbone):
+    """The bundle's deferred heads and blockwise loss give eq. 4's terms and gradients (float64)."""
+    roi = BACKBONES[backbone][1]["roi_size"]
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 1, *roi, generator=generator, dtype=torch.float64)
+    y = torch.randint(0, K, (2, 1, *roi), generator=generator)
+    results = []
+    for defer in (True, False):
+        torch.manual_seed(0)
+        net = parser_for(backbone, defer_upsampling=defer).get_parsed_content("dsd_network").double().train()
+        loss, out = DSDLoss(), net(x)
+        if defer:  # the heads share a voxel order, so the blockwise path runs rather than its fallback
+            fused_loss._Layout(roi, [h.scale for h in out["encoder"] + out["decoder"]], 4096)
+        loss(out, y).backward()
+        results.append((loss.latest_terms, {n: p.grad for n, p in net.named_parameters() if p.grad is not None}))
+    (terms, grads), (expected_terms, expected_grads) = results
+    for name, value in expected_terms.items():
+        torch.testing.assert_close(terms[name], value, rtol=1e-10, atol=1e-12)
+    assert grads.keys() == expected_grads.keys()
+    for name, grad in expected_grads.items():
+        torch.testing.assert_close(grads[name], grad, rtol=1e-7, atol=1e-10, msg=name)
 
 
 @pytest.mark.parametrize("backbone", list(BACKBONES))

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 
-from custom.bench import main
+import pytest
+import torch
+
+from custom.bench import _build, main
 
 
 def test_bench_prints_and_writes_every_figure(tmp_path, capsys):
@@ -17,3 +20,12 @@ def test_bench_prints_and_writes_every_figure(tmp_path, capsys):
         assert f"{key}: {results[key]:.4g}" in printed
     for variant in ("basic", "ds", "dsd"):
         assert results[f"step_s_{variant}"] > 0 and results[f"memory_bytes_{variant}"] > 0
+
+
+@pytest.mark.parametrize("reference", [False, True])
+def test_variants_are_built_as_the_bundles_build_them_or_as_the_reference(reference):
+    net, loss = _build("dsd", "unetr_tiny", 16, 3, torch.device("cpu"), reference=reference)
+    assert net.defer_upsampling is not reference
+    assert (loss.eta, loss.alpha1, loss.alpha2) == (1.0, 1.0, 1.0)
+    basic, _ = _build("basic", "unetr_tiny", 16, 3, torch.device("cpu"), reference=reference)
+    assert not hasattr(basic, "heads")  # the plain backbone

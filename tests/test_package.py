@@ -26,7 +26,7 @@ IMPORT_NAMES = {"pytorch-ignite": "ignite"}
 
 
 def test_custom_modules_follow_references_and_imports():
-    assert custom_modules(["$custom.losses.ablation_weights(@ablation)"]) == ["losses", "networks"]
+    assert custom_modules(["$custom.losses.ablation_weights(@ablation)"]) == ["fused_loss", "losses", "networks"]
     assert custom_modules(["custom.msd.BRATS_LABEL_CODES"]) == ["data", "msd"]
     with pytest.raises(FileNotFoundError, match="custom.nothing"):
         custom_modules(["custom.nothing.X"])
