@@ -88,10 +88,8 @@ class Setup:
     reference: bool = False
 
 
-def _build(
-    variant: str, backbone: str, size: int, classes: int, device: torch.device, reference: bool = False
-) -> tuple[nn.Module, nn.Module]:
-    net, encoder_taps, decoder_taps = BACKBONES[backbone](1, classes, size)
+def _build(variant: str, setup: Setup, device: torch.device) -> tuple[nn.Module, nn.Module]:
+    net, encoder_taps, decoder_taps = BACKBONES[setup.backbone](1, setup.classes, setup.size)
     loss = DSDLoss.from_ablation(variant)
     if variant != "basic":  # as the bundles do, build only the heads the loss reads
         encoder_taps = encoder_taps if loss.uses_encoder_heads else []
@@ -100,10 +98,10 @@ def _build(
             net,
             encoder_taps,
             decoder_taps,
-            num_classes=classes,
+            num_classes=setup.classes,
             in_channels=1,
-            roi_size=(size,) * 3,
-            defer_upsampling=not reference,
+            roi_size=(setup.size,) * 3,
+            defer_upsampling=not setup.reference,
         )
     return net.to(device), loss
 
@@ -112,7 +110,7 @@ class _Step:
     """One variant's model, optimiser and data, stepping on demand."""
 
     def __init__(self, variant: str, setup: Setup, device: torch.device):
-        self.net, self.loss = _build(variant, setup.backbone, setup.size, setup.classes, device, setup.reference)
+        self.net, self.loss = _build(variant, setup, device)
         self.optimizer = torch.optim.AdamW(self.net.parameters(), lr=1e-4)
         generator = torch.Generator().manual_seed(0)
         shape = (setup.batch, 1, *(setup.size,) * 3)

@@ -66,8 +66,7 @@ class DiceCESettings:
                     return None
             elif key not in cls.__dataclass_fields__:
                 return None
-        fields = cls.__dataclass_fields__
-        return cls(**{key: kwargs[key] for key in fields if key in kwargs})
+        return cls(**{key: value for key, value in kwargs.items() if key not in required})
 
 
 @dataclass(frozen=True)
@@ -191,6 +190,10 @@ class _Layout:
             self.blocks *= math.prod(level)
         self.block_voxels = self.voxels // self.blocks
 
+    def block(self, index: int) -> slice:
+        """The voxels of one block of a batch item, in the layout's order."""
+        return slice(index * self.block_voxels, (index + 1) * self.block_voxels)
+
 
 class _Head:
     """One head's tensors in the layout's voxel order, and how a block of its logits is made."""
@@ -224,9 +227,8 @@ class _Head:
             count = self.sub_positions // blocks
             return slice(block * count, (block + 1) * count), slice(None)
         per_sub_position = blocks // self.sub_positions
-        start = block % per_sub_position * self.layout.block_voxels
         sub = block // per_sub_position
-        return slice(sub, sub + 1), slice(start, start + self.layout.block_voxels)
+        return slice(sub, sub + 1), self.layout.block(block % per_sub_position)
 
     def logits(self, b: int, block: int, temperature: float = 1.0) -> torch.Tensor:
         """``(K, voxels)`` logits of a block divided by ``temperature``."""
@@ -295,10 +297,9 @@ def _forward(
     voxels = batch * layout.voxels
     labels = _digits_first(target.long(), layout.levels, layout.coarse)[:, 0]  # (B, voxels) in the heads' order
     device = labels.device
-    blocks = range(layout.blocks)
 
     # gradients of each group's KL per unit weight of its term, known as soon as a block is done
-    kl_grads = {i: heads[i].zero_grads() for i in _distilled(plan)}
+    kl_grads = {i: heads[i].zero_grads() for i in _kl_gradient_groups(plan)}
     # softmax of the deep-supervised heads and its value at the label, kept for the Dice gradient
     kept: dict[int, list[list[tuple[torch.Tensor, torch.Tensor]]]] = {
         i: [[] for _ in range(batch)] for i in plan.supervised
@@ -310,8 +311,8 @@ def _forward(
     distilled = {i for g in plan.groups for i in (g.teacher, *g.students)}
 
     for b in range(batch):
-        for block in blocks:
-            label = labels[b][block * layout.block_voxels : (block + 1) * layout.block_voxels][None]
+        for block in range(layout.blocks):
+            label = labels[b][layout.block(block)][None]
             logits = {i: heads[i].logits(b, block) for i in plan.supervised}
             softened = {
                 i: logits[i] / plan.tau if i in logits else heads[i].logits(b, block, plan.tau) for i in distilled
@@ -355,13 +356,7 @@ def _forward(
     for n, head in enumerate(heads):
         if n not in plan.supervised:
             head.low = None  # only the Dice gradient's blocks read it again
-    ctx.plan, ctx.blocks, ctx.block_voxels, ctx.voxels, ctx.device_type = (
-        plan,
-        blocks,
-        layout.block_voxels,
-        voxels,
-        device.type,
-    )
+    ctx.plan, ctx.layout, ctx.voxels, ctx.device_type = plan, layout, voxels, device.type
     ctx.heads, ctx.labels, ctx.kl_grads, ctx.kept = heads, labels, kl_grads, kept
     ctx.dice_stats = (intersection, denominator, first)
     ctx.dtypes = [t.dtype for t in flat]
@@ -369,9 +364,13 @@ def _forward(
     return (deep_supervision.to(dtype), *(k.to(dtype) for k in kl_terms))
 
 
-def _distilled(plan: _Plan) -> list[int]:
-    """Heads that receive a distillation gradient."""
-    return [i for g in plan.groups for i in (g.students if plan.detach_teacher else (g.teacher, *g.students))]
+def _kl_gradient_groups(plan: _Plan) -> dict[int, int]:
+    """Each head that receives a distillation gradient, with the index of its group."""
+    return {
+        i: g
+        for g, group in enumerate(plan.groups)
+        for i in (group.students if plan.detach_teacher else (group.teacher, *group.students))
+    }
 
 
 def _backward(ctx: Any, grad_terms: Sequence[torch.Tensor]) -> list[torch.Tensor | None]:
@@ -385,9 +384,8 @@ def _backward(ctx: Any, grad_terms: Sequence[torch.Tensor]) -> list[torch.Tensor
     ctx.kl_grads = ctx.kept = None  # each buffer goes as soon as it has been used
     grad_ds, grad_kl = grad_terms[0], grad_terms[1:]
     grads: list[list[torch.Tensor] | None] = [None] * len(heads)
-    for g, group in enumerate(plan.groups):
-        for i in group.students if plan.detach_teacher else (group.teacher, *group.students):
-            grads[i] = [t.mul_(grad_kl[g]) for t in kl_grads.pop(i)]
+    for i, g in _kl_gradient_groups(plan).items():
+        grads[i] = [t.mul_(grad_kl[g]) for t in kl_grads.pop(i)]
 
     if plan.supervised:
         settings = plan.dice_ce
@@ -408,8 +406,8 @@ def _backward(ctx: Any, grad_terms: Sequence[torch.Tensor]) -> list[torch.Tensor
                 grads[i] = heads[i].zero_grads()
             for b in range(batch):
                 off_label = (coefficient_c[n, b] + ce_scale)[:, None]
-                for block, (p, p_label) in zip(ctx.blocks, kept[i][b]):
-                    label = ctx.labels[b][block * ctx.block_voxels : (block + 1) * ctx.block_voxels][None]
+                for block, (p, p_label) in enumerate(kept[i][b]):
+                    label = ctx.labels[b][ctx.layout.block(block)][None]
                     # p * (a + c_ce - <a, p>) - c_ce * onehot, with a = A * onehot + C
                     label_a_p = coefficient_a[n, b][label] * p_label
                     inner = label_a_p + coefficient_c[n, b][None] @ p

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from custom.bench import _build, main
+from custom.bench import Setup, _build, main
 
 
 def test_bench_prints_and_writes_every_figure(tmp_path, capsys):
@@ -24,8 +24,9 @@ def test_bench_prints_and_writes_every_figure(tmp_path, capsys):
 
 @pytest.mark.parametrize("reference", [False, True])
 def test_variants_are_built_as_the_bundles_build_them_or_as_the_reference(reference):
-    net, loss = _build("dsd", "unetr_tiny", 16, 3, torch.device("cpu"), reference=reference)
+    setup = Setup("unetr_tiny", size=16, classes=3, reference=reference)
+    net, loss = _build("dsd", setup, torch.device("cpu"))
     assert net.defer_upsampling is not reference
     assert (loss.eta, loss.alpha1, loss.alpha2) == (1.0, 1.0, 1.0)
-    basic, _ = _build("basic", "unetr_tiny", 16, 3, torch.device("cpu"), reference=reference)
+    basic, _ = _build("basic", setup, torch.device("cpu"))
     assert not hasattr(basic, "heads")  # the plain backbone
