@@ -1,7 +1,8 @@
-"""Dual Self-Distillation (DSD) components for MONAI bundles.
+"""Dual Self-Distillation (DSD) runtime: the code that the bundles' configs instantiate and that a bundle package ships.
 
 Submodules load on first attribute access, so that a bundle config's ``"$import custom"`` reaches
-``custom.data``, ``custom.losses`` etc., while command-line tools do not pay for importing all of them.
+``custom.mmwhs``, ``custom.losses`` etc., while light tools (the lab's figures) that need only
+``custom.definitions`` do not pay for importing MONAI and PyTorch. Nothing here imports the lab (``dsd_lab``).
 """
 
 from __future__ import annotations
@@ -9,7 +10,21 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-__all__ = ["checkpoint", "data", "distributed", "flags", "losses", "metrics", "msd", "networks", "progress", "transforms"]
+__all__ = [
+    "blockwise_loss",
+    "checkpoint",
+    "definitions",
+    "distributed",
+    "files",
+    "flags",
+    "losses",
+    "metrics",
+    "mmwhs",
+    "msd",
+    "networks",
+    "progress",
+    "transforms",
+]
 
 
 def __getattr__(name: str) -> ModuleType:

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import stat
-import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -16,6 +13,7 @@ from ignite.engine import Engine, Events
 from monai.engines import Workflow
 from monai.handlers import CheckpointLoader, CheckpointSaver
 
+from custom.files import atomic_write, remove_stale_temps
 from custom.flags import as_flag
 
 __all__ = [
@@ -23,67 +21,25 @@ __all__ = [
     "ResumeCheckpointLoader",
     "atomic_save",
     "checkpoint_best_metric",
-    "remove_stale_temps",
     "resume_requested",
     "state_dict_of",
 ]
 
-_TEMP_SUFFIX = ".tmp"
 #: The best key metric of a MONAI workflow and its epoch, which ignite's ``Engine.state_dict`` leaves out.
 BEST_METRIC_KEYS = ("best_metric", "best_metric_epoch")
-
-
-def _temp_prefix(path: Path) -> str:
-    return f".{path.name}."
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
     """``torch.save(obj, path)`` such that ``path`` always holds either its old or its new complete content.
 
-    The data goes to a temporary file in the same folder, is flushed to disk, and then renamed onto
-    ``path``; a failure or a kill at any moment leaves the previous file as it was. A failed write
-    removes its temporary file; one left by a killed process is removed by :func:`remove_stale_temps`.
+    See :func:`custom.files.atomic_write`; a temporary file left by a killed process is removed by
+    :func:`custom.files.remove_stale_temps`.
 
     Args:
         obj: what to save.
         path: the destination; its folder is created if missing.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=_temp_prefix(path), suffix=_TEMP_SUFFIX)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        # mkstemp makes the file private; a checkpoint is as readable as ignite's DiskSaver leaves it
-        os.chmod(temp, os.stat(temp).st_mode | stat.S_IRGRP | stat.S_IROTH)
-        os.replace(temp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(temp)
-        raise
-    if hasattr(os, "O_DIRECTORY"):
-        # the rename is durable only once the folder entry is on disk
-        folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(folder)
-        finally:
-            os.close(folder)
-
-
-def remove_stale_temps(path: str | os.PathLike) -> list[Path]:
-    """Remove the temporary files that a killed :func:`atomic_save` to ``path`` left behind.
-
-    Returns:
-        The removed files.
-    """
-    path = Path(path)
-    stale = sorted(path.parent.glob(f"{_temp_prefix(path)}*{_TEMP_SUFFIX}")) if path.parent.is_dir() else []
-    for temp in stale:
-        with contextlib.suppress(FileNotFoundError):
-            temp.unlink()
-    return stale
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def state_dict_of(obj: Any) -> Any:

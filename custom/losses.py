@@ -10,51 +10,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from monai.losses import DiceCELoss
 
-from custom.fused_loss import DiceCESettings, KLGroup, fused_head_terms
+from custom.blockwise_loss import DiceCESettings, KLGroup, blockwise_head_terms
+from custom.definitions import TERM_NAMES, ablation_weights
 from custom.networks import DECODER_KEY, ENCODER_KEY, PRED_KEY, DeferredLogits
 
-__all__ = ["ABLATIONS", "ABLATION_NAMES", "DSDLoss", "ablation_weights", "canonical_ablation", "distillation_kl"]
-
-#: Loss weights of the paper's ablation rows (Table 1): plain backbone, deep supervision,
-#: self-distillation of decoders only, of encoders only, and both.
-ABLATIONS: dict[str, dict[str, float]] = {
-    "basic": {"eta": 0.0, "alpha1": 0.0, "alpha2": 0.0},
-    "ds": {"eta": 1.0, "alpha1": 0.0, "alpha2": 0.0},
-    "sdd": {"eta": 1.0, "alpha1": 0.0, "alpha2": 1.0},
-    "sde": {"eta": 1.0, "alpha1": 1.0, "alpha2": 0.0},
-    "dsd": {"eta": 1.0, "alpha1": 1.0, "alpha2": 1.0},
-}
-
-#: The rows' names as the paper writes them, in its order.
-ABLATION_NAMES: tuple[str, ...] = ("Basic", "DS", "SDD", "SDE", "DSD")
-
-#: Names of the loss terms kept in :attr:`DSDLoss.latest_terms`, as logged to TensorBoard.
-TERM_NAMES = ("total", "main_dice_ce", "deep_supervision", "kl_encoder", "kl_decoder")
-
-
-def ablation_weights(name: str) -> dict[str, float]:
-    """Loss weights ``{"eta", "alpha1", "alpha2"}`` of one ablation row, case-insensitive.
-
-    Args:
-        name: one of Basic, DS, SDD, SDE, DSD.
-
-    Raises:
-        ValueError: an unknown ablation name.
-    """
-    key = name.lower()
-    if key not in ABLATIONS:
-        raise ValueError(f"Unknown ablation '{name}'; choose one of {[k.upper() for k in ABLATIONS]}.")
-    return dict(ABLATIONS[key])
-
-
-def canonical_ablation(name: str) -> str:
-    """The paper's spelling of an ablation row name given in any case (``"dsd"`` -> ``"DSD"``).
-
-    Raises:
-        ValueError: an unknown ablation name.
-    """
-    ablation_weights(name)
-    return next(canonical for canonical in ABLATION_NAMES if canonical.lower() == name.lower())
+__all__ = ["DSDLoss", "distillation_kl"]
 
 
 def distillation_kl(
@@ -93,7 +53,7 @@ class DSDLoss(nn.Module):
 
     Heads given as full-resolution tensors are computed term by term as eq. 4 reads. Heads given as
     :class:`~custom.networks.DeferredLogits` (``DSDNet(defer_upsampling=True)``) go through
-    :func:`custom.fused_loss.fused_head_terms`, which gives the same terms and gradients block by
+    :func:`custom.blockwise_loss.blockwise_head_terms`, which gives the same terms and gradients block by
     block without holding full-resolution logits; with DiceCE options it does not reproduce, they
     are upsampled and computed term by term.
 
@@ -133,7 +93,7 @@ class DSDLoss(nn.Module):
         self.detach_teacher = detach_teacher
         kwargs = {"include_background": True, "to_onehot_y": True, "softmax": True, **(dice_ce_kwargs or {})}
         self.dice_ce = DiceCELoss(**kwargs)
-        self.fused_settings = DiceCESettings.from_kwargs(kwargs)
+        self.blockwise_settings = DiceCESettings.from_kwargs(kwargs)
         self.latest_terms: dict[str, torch.Tensor] = {}
 
     @classmethod
@@ -155,9 +115,9 @@ class DSDLoss(nn.Module):
         encoders: Sequence[torch.Tensor | DeferredLogits] = outputs[ENCODER_KEY]
         decoders: Sequence[torch.Tensor | DeferredLogits] = outputs[DECODER_KEY]
         if any(isinstance(head, DeferredLogits) for head in (*encoders, *decoders)):
-            fused = self._fused_terms(encoders, decoders, target, zero) if self.fused_settings is not None else None
-            if fused is not None:
-                return self._total(main, *fused)
+            blockwise = self._blockwise_terms(encoders, decoders, target, zero) if self.blockwise_settings is not None else None
+            if blockwise is not None:
+                return self._total(main, *blockwise)
             encoders, decoders = ([_upsampled(h) for h in heads] for heads in (encoders, decoders))
         deep_supervision = sum((self.dice_ce(d, target) for d in decoders), zero) if self.eta else zero
         kl_encoder = self._distill(encoders[-1], encoders[:-1]) if self.alpha1 and encoders else zero
@@ -182,7 +142,7 @@ class DSDLoss(nn.Module):
         """Whether any term reads the decoder heads; a network may skip building them otherwise."""
         return self.eta > 0 or self.alpha2 > 0
 
-    def _fused_terms(
+    def _blockwise_terms(
         self,
         encoders: Sequence[torch.Tensor | DeferredLogits],
         decoders: Sequence[torch.Tensor | DeferredLogits],
@@ -204,14 +164,14 @@ class DSDLoss(nn.Module):
             return zero, zero, zero
         used = sorted({*supervised, *(i for g in groups for i in (g.teacher, *g.students))})
         position = {i: n for n, i in enumerate(used)}
-        terms = fused_head_terms(
+        terms = blockwise_head_terms(
             [heads[i] for i in used],
             target,
             [position[i] for i in supervised],
             [KLGroup(position[g.teacher], tuple(position[i] for i in g.students)) for g in groups],
             self.tau,
             self.detach_teacher,
-            self.fused_settings,
+            self.blockwise_settings,
         )
         if terms is None:
             return None

@@ -13,13 +13,9 @@ import nibabel as nib
 import numpy as np
 from monai.data import load_decathlon_datalist
 
-from custom.data import _natural_key
+from custom.files import natural_key
 
 __all__ = [
-    "BRATS_LABEL_CODES",
-    "BRATS_LABEL_NAMES",
-    "BRATS_MODALITIES",
-    "BRATS_REGIONS",
     "DATASET_FILE",
     "is_junk",
     "load_msd_datalist",
@@ -32,15 +28,6 @@ logger = logging.getLogger(__name__)
 
 #: The description file at the root of every MSD task folder.
 DATASET_FILE = "dataset.json"
-#: Input channels of MSD Task01 (BraTS), in file order.
-BRATS_MODALITIES: tuple[str, ...] = ("FLAIR", "T1w", "t1gd", "T2w")
-#: MSD Task01 label names by label value. These are MSD's codes, not BraTS 2018's (1, 2, 4).
-BRATS_LABEL_NAMES: tuple[str, ...] = ("background", "edema", "non-enhancing tumour", "enhancing tumour")
-#: MSD Task01 label value -> class index; the codes are already consecutive, the map only validates them.
-BRATS_LABEL_CODES: dict[int, int] = {1: 1, 2: 2, 3: 3}
-#: The evaluated tumour regions as sets of MSD labels: whole tumour, tumour core, enhancing tumour.
-BRATS_REGIONS: dict[str, tuple[int, ...]] = {"WT": (1, 2, 3), "TC": (2, 3), "ET": (3,)}
-
 # UNETR's Task01 split (used by the DSD paper): of 484 cases, the last 24 test, 72 of the other 460 validation.
 _PAPER_CASES, _PAPER_TEST, _PAPER_VALIDATION = 484, 24, 72
 _SPLIT_KEYS = ("training", "validation", "test")
@@ -174,7 +161,7 @@ def paper_split(cases: Sequence[dict], seed: int = 0) -> dict[str, list[dict]]:
     Returns:
         ``{"training": [...], "validation": [...], "test": [...]}``; test in sorted order.
     """
-    ordered = sorted(cases, key=lambda case: _natural_key(str(case["image"])))
+    ordered = sorted(cases, key=lambda case: natural_key(str(case["image"])))
     train, validation, test = split_sizes(len(ordered))
     rest = ordered[: train + validation]
     shuffled = [rest[i] for i in np.random.default_rng(seed).permutation(len(rest))]

@@ -9,7 +9,7 @@ from monai.config import KeysCollection, NdarrayOrTensor
 from monai.transforms import MapTransform
 from monai.utils import convert_to_dst_type, convert_to_tensor
 
-from custom.data import MMWHS_BACKGROUND_CODES, MMWHS_LABEL_CODES
+from custom.definitions import MMWHS_BACKGROUND_CODES, MMWHS_LABEL_CODES
 
 __all__ = ["MapLabelCodesd", "CheckFinited", "LabelsToRegionsd", "mmwhs_label_transform"]
 
@@ -36,7 +36,7 @@ class MapLabelCodesd(MapTransform):
 
     Args:
         keys: keys of the label images to map.
-        codes: source code -> class index, e.g. :data:`custom.data.MMWHS_LABEL_CODES`.
+        codes: source code -> class index, e.g. :data:`custom.definitions.MMWHS_LABEL_CODES`.
         background_codes: source codes mapped to class 0.
         allow_missing_keys: don't raise if a key is missing.
 
@@ -134,8 +134,8 @@ def mmwhs_label_transform(keys: KeysCollection = "label") -> MapLabelCodesd:
         keys: keys of the label images.
 
     Returns:
-        a :class:`MapLabelCodesd` using :data:`custom.data.MMWHS_LABEL_CODES` and
-        :data:`custom.data.MMWHS_BACKGROUND_CODES`.
+        a :class:`MapLabelCodesd` using :data:`custom.definitions.MMWHS_LABEL_CODES` and
+        :data:`custom.definitions.MMWHS_BACKGROUND_CODES`.
     """
     return MapLabelCodesd(keys, codes=MMWHS_LABEL_CODES, background_codes=MMWHS_BACKGROUND_CODES)
 
@@ -146,7 +146,7 @@ class LabelsToRegionsd(MapTransform):
     Nested regions, such as the BraTS whole tumour, tumour core and enhancing tumour, overlap and so
     cannot be one-hot channels of a single label map. Unlike MONAI's
     ``ConvertToMultiChannelBasedOnBratsClassesd``, which hard-codes the BraTS 2018 codes (1, 2, 4),
-    the label values of each region are given, e.g. ``custom.msd.BRATS_REGIONS`` for the MSD coding.
+    the label values of each region are given, e.g. ``custom.definitions.BRATS_REGIONS`` for the MSD coding.
 
     Args:
         keys: keys of the single-channel label maps to convert.

@@ -1,4 +1,4 @@
-"""Helpers shared by the bundle tests: run ``python -m monai.bundle`` as a user does, read error chains."""
+"""Helpers shared by the tests: the bundles, tiny sizes, ``python -m monai.bundle`` run as a user does, error chains."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import json
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 from unittest import mock
 
@@ -17,10 +17,13 @@ from monai.bundle import ConfigParser
 from monai.data import load_net_with_metadata
 from monai.networks.nets import UNETR
 
-from custom.demo import TINY_UNETR
-from custom.losses import TERM_NAMES
+from custom.definitions import TERM_NAMES
 
 __all__ = [
+    "BRATS_BUNDLE",
+    "MMWHS_BUNDLE",
+    "ROOT",
+    "TINY_UNETR",
     "assert_bad_input_fails_clearly",
     "assert_exports_match_checkpoint",
     "assert_inference_needs_no_custom_code",
@@ -29,11 +32,28 @@ __all__ = [
     "error_chain",
     "run_cli",
     "network_overrides",
+    "run_console",
     "run_module",
     "tiny_network",
     "train_bundle_copy",
 ]
 
+ROOT = Path(__file__).resolve().parents[1]
+MMWHS_BUNDLE = ROOT / "bundles" / "dsd_unetr_mmwhs"
+BRATS_BUNDLE = ROOT / "bundles" / "dsd_unetr_brats"
+
+#: Overrides that shrink a bundle's UNETR and pipeline so that a test trains it in seconds on a CPU.
+TINY_UNETR: dict[str, Any] = {
+    "roi_size": [32, 32, 32],
+    "feature_size": 8,
+    "hidden_size": 96,
+    "mlp_dim": 192,
+    "num_heads": 4,
+    "num_samples": 4,
+    "learning_rate": 0.003,
+    "lr_step_epochs": 1000,
+    "num_workers": 0,
+}
 #: The config ids of the tiny UNETR's shape, as inference.json names them.
 TINY_NETWORK_KEYS = ("roi_size", "feature_size", "hidden_size", "mlp_dim", "num_heads")
 
@@ -73,6 +93,15 @@ def run_module(module: str, *args: str, cwd: Path | None = None) -> subprocess.C
     """Run ``python -m MODULE ARGS`` and assert that it succeeds."""
     result = subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
+    return result
+
+
+def run_console(command: str, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run one of the lab's console commands (``dsd-cv ARGS``) as installed by ``pip install -e .``, assert success."""
+    executable = shutil.which(command) or str(Path(sys.executable).with_name(command))
+    assert Path(executable).is_file(), f"{command} is not installed: run pip install -e ."
+    result = subprocess.run([executable, *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     return result
 
 

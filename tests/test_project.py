@@ -23,7 +23,7 @@ def readme_commands() -> list[str]:
 def test_readme_opens_with_demo_and_test_commands():
     commands = readme_commands()
     assert len(commands) == 2
-    assert commands[0].endswith("python -m custom.demo")
+    assert commands[0].endswith("dsd-demo")
     assert commands[1].endswith("python -m pytest")
     assert all(c.startswith("python -m pip install -e ") for c in commands)
 
@@ -48,6 +48,18 @@ def _dependencies() -> list[str]:
 def test_config_json_is_pretty_printed_with_four_spaces(config_file):
     text = config_file.read_text()
     assert text == json.dumps(json.loads(text), indent=4) + "\n"
+
+
+def test_every_console_command_is_a_main_of_the_lab():
+    tomllib = pytest.importorskip("tomllib")
+    import importlib
+
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert {"dsd-demo", "dsd-cv", "dsd-ablation", "dsd-report", "dsd-figures", "dsd-bench"} <= set(scripts)
+    for name, target in scripts.items():
+        module, _, function = target.partition(":")
+        assert name.startswith("dsd-") and module.startswith("dsd_lab.") and function == "main", name
+        assert callable(getattr(importlib.import_module(module), function)), name
 
 
 def test_package_import_is_lazy():

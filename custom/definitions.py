@@ -1,0 +1,103 @@
+"""What the project names, in one torch-free home: each dataset's label codes and class names, the ablation rows
+and the loss terms.
+
+The runtime's readers, transforms and losses and the lab's tables and figures all read these; nothing here imports
+MONAI or PyTorch, so that light command-line tools (figures) can use them without paying for those imports.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ABLATIONS",
+    "ABLATION_NAMES",
+    "BRATS_LABEL_CODES",
+    "BRATS_LABEL_NAMES",
+    "BRATS_MODALITIES",
+    "BRATS_REGIONS",
+    "DISPLAY_NAMES",
+    "MMWHS_BACKGROUND_CODES",
+    "MMWHS_CLASS_NAMES",
+    "MMWHS_LABEL_CODES",
+    "TERM_NAMES",
+    "ablation_weights",
+    "canonical_ablation",
+]
+
+#: MM-WHS label code -> class index.
+MMWHS_LABEL_CODES: dict[int, int] = {205: 1, 420: 2, 500: 3, 550: 4, 600: 5, 820: 6, 850: 7}
+#: Codes mapped to background; 421 is a stray code found in a few of the released label files.
+MMWHS_BACKGROUND_CODES: tuple[int, ...] = (0, 421)
+#: Class names indexed by class index.
+MMWHS_CLASS_NAMES: tuple[str, ...] = (
+    "background",
+    "lv_myocardium",
+    "la_blood_cavity",
+    "lv_blood_cavity",
+    "ra_blood_cavity",
+    "rv_blood_cavity",
+    "ascending_aorta",
+    "pulmonary_artery",
+)
+
+#: Input channels of MSD Task01 (BraTS), in file order.
+BRATS_MODALITIES: tuple[str, ...] = ("FLAIR", "T1w", "t1gd", "T2w")
+#: MSD Task01 label names by label value. These are MSD's codes, not BraTS 2018's (1, 2, 4).
+BRATS_LABEL_NAMES: tuple[str, ...] = ("background", "edema", "non-enhancing tumour", "enhancing tumour")
+#: MSD Task01 label value -> class index; the codes are already consecutive, the map only validates them.
+BRATS_LABEL_CODES: dict[int, int] = {1: 1, 2: 2, 3: 3}
+#: The evaluated tumour regions as sets of MSD labels: whole tumour, tumour core, enhancing tumour.
+BRATS_REGIONS: dict[str, tuple[int, ...]] = {"WT": (1, 2, 3), "TC": (2, 3), "ET": (3,)}
+
+#: Display names of the foreground label codes as stored in each dataset's label and prediction files, for figures.
+DISPLAY_NAMES: dict[str, dict[int, str]] = {
+    "mmwhs": {
+        205: "LV myocardium",
+        420: "LA blood cavity",
+        500: "LV blood cavity",
+        550: "RA blood cavity",
+        600: "RV blood cavity",
+        820: "ascending aorta",
+        850: "pulmonary artery",
+    },
+    "brats": {code: BRATS_LABEL_NAMES[code] for code in BRATS_LABEL_CODES},
+}
+
+#: Loss weights of the paper's ablation rows (Table 1): plain backbone, deep supervision,
+#: self-distillation of decoders only, of encoders only, and both.
+ABLATIONS: dict[str, dict[str, float]] = {
+    "basic": {"eta": 0.0, "alpha1": 0.0, "alpha2": 0.0},
+    "ds": {"eta": 1.0, "alpha1": 0.0, "alpha2": 0.0},
+    "sdd": {"eta": 1.0, "alpha1": 0.0, "alpha2": 1.0},
+    "sde": {"eta": 1.0, "alpha1": 1.0, "alpha2": 0.0},
+    "dsd": {"eta": 1.0, "alpha1": 1.0, "alpha2": 1.0},
+}
+#: The rows' names as the paper writes them, in its order.
+ABLATION_NAMES: tuple[str, ...] = ("Basic", "DS", "SDD", "SDE", "DSD")
+
+#: Names of the terms of the DSD loss, as :class:`custom.losses.DSDLoss` keeps them and the bundles log them.
+TERM_NAMES: tuple[str, ...] = ("total", "main_dice_ce", "deep_supervision", "kl_encoder", "kl_decoder")
+
+
+def ablation_weights(name: str) -> dict[str, float]:
+    """Loss weights ``{"eta", "alpha1", "alpha2"}`` of one ablation row, case-insensitive.
+
+    Args:
+        name: one of Basic, DS, SDD, SDE, DSD.
+
+    Raises:
+        ValueError: an unknown ablation name.
+    """
+    key = name.lower()
+    if key not in ABLATIONS:
+        raise ValueError(f"Unknown ablation '{name}'; choose one of {[k.upper() for k in ABLATIONS]}.")
+    return dict(ABLATIONS[key])
+
+
+def canonical_ablation(name: str) -> str:
+    """The paper's spelling of an ablation row name given in any case (``"dsd"`` -> ``"DSD"``).
+
+    Raises:
+        ValueError: an unknown ablation name.
+    """
+    ablation_weights(name)
+    return next(canonical for canonical in ABLATION_NAMES if canonical.lower() == name.lower())

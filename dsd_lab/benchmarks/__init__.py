@@ -1,0 +1,1 @@
+"""What DSD costs, measured: training-step time and memory, data loading, head parameters."""

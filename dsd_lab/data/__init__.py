@@ -1,0 +1,1 @@
+"""Data tools: synthetic datasets in the real layouts."""

@@ -1,0 +1,81 @@
+"""The layout that the study commands share: one run folder per ablation row and fold, with the same overrides.
+
+:mod:`~dsd_lab.experiments.cv`, :mod:`~dsd_lab.experiments.ablation` and the demo lay their runs out alike, so
+that a run one of them finished is reused by the others.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from dsd_lab.experiments.runs import run_experiment
+from dsd_lab.experiments.tracking import tracking_settings
+
+__all__ = ["as_list", "experiment_overrides", "run_study", "study_run_dir"]
+
+
+def as_list(value: Any) -> list:
+    """A CLI list option as a list: ``"0,1,2"``, ``(0, 1, 2)`` (what fire makes of ``0,1,2``) or one value."""
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    return [value]
+
+
+def experiment_overrides(dataset_dir: str | os.PathLike, ablation: str, fold: int | None, **overrides: Any) -> dict:
+    """The overrides of one run, built alike by every study command so that their runs can be shared.
+
+    Args:
+        dataset_dir: the dataset; made absolute.
+        ablation: the paper's ablation row (Basic, DS, SDD, SDE, DSD).
+        fold: the cross-validation fold, or ``None`` for bundles with a fixed split.
+        overrides: any other config ids and values.
+    """
+    settings = {**overrides, "dataset_dir": str(Path(dataset_dir).resolve()), "ablation": ablation}
+    if fold is not None:
+        settings["fold"] = int(fold)
+    return settings
+
+
+def study_run_dir(work_dir: str | os.PathLike, ablation: str, fold: int | None) -> Path:
+    """The run folder of one ablation row on one fold: ``WORK_DIR/<row>/fold_<k>``, ``WORK_DIR/<row>`` without folds."""
+    return Path(work_dir) / ablation / f"fold_{fold}" if fold is not None else Path(work_dir) / ablation
+
+
+def run_study(
+    bundle_dir: str | os.PathLike,
+    work_dir: str | os.PathLike,
+    ablation: str,
+    fold: int | None,
+    dataset_dir: str | os.PathLike,
+    overrides: Mapping[str, Any],
+    config_files: Sequence[str] = (),
+    tracking: str | None = None,
+) -> dict[str, dict[str, dict[str, float]]]:
+    """One run of a study: :func:`~dsd_lab.experiments.runs.run_experiment` in :func:`study_run_dir`.
+
+    Args:
+        bundle_dir: the bundle root.
+        work_dir: the study's work folder.
+        ablation: the paper's ablation row (Basic, DS, SDD, SDE, DSD).
+        fold: the cross-validation fold, or ``None`` for bundles with a fixed split.
+        dataset_dir: the dataset.
+        overrides: any other config ids and values.
+        config_files: extra config files of the bundle, see :func:`~dsd_lab.experiments.runs.run_experiment`.
+        tracking: ``None`` or ``"mlflow"``: one MLflow run named after the run folder, in ``work_dir``.
+
+    Returns:
+        The run's results, see :func:`~dsd_lab.experiments.runs.run_experiment`.
+    """
+    run_dir = study_run_dir(work_dir, ablation, fold)
+    return run_experiment(
+        bundle_dir,
+        run_dir,
+        experiment_overrides(dataset_dir, ablation, fold, **overrides),
+        config_files=config_files,
+        tracking=tracking_settings(tracking, bundle_dir, work_dir, run_dir.relative_to(work_dir).as_posix()),
+    )

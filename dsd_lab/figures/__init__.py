@@ -1,0 +1,1 @@
+"""Paper-style figures: the segmentation comparison (Fig. 2) and training curves (``figures`` extra)."""

@@ -1,0 +1,72 @@
+"""The MM-WHS bundle's training in-process: reproducible with a seed, every loss term an epoch metric."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from ignite.engine import Events
+from monai.bundle import ConfigWorkflow
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from custom.definitions import TERM_NAMES
+from tests.helpers import MMWHS_BUNDLE as BUNDLE_DIR
+from tests.helpers import TINY_UNETR
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+def _train(bundle_root: Path, dataset_dir: Path, **overrides: Any) -> tuple[list[float], dict[str, float]]:
+    """One epoch of the tiny bundle without validation; the loss of every iteration and the epoch metrics."""
+    workflow = ConfigWorkflow(
+        config_file=str(BUNDLE_DIR / "configs" / "train.json"),
+        workflow_type="train",
+        bundle_root=str(bundle_root),
+        dataset_dir=str(dataset_dir),
+        max_epochs=1,
+        val_interval=2,
+        **{**TINY_UNETR, **overrides},
+    )
+    workflow.initialize()
+    losses: list[float] = []
+    workflow.trainer.add_event_handler(
+        Events.ITERATION_COMPLETED, lambda engine: losses.append(engine.state.output["loss"].item())
+    )
+    workflow.run()
+    return losses, dict(workflow.trainer.state.metrics)
+
+
+def test_same_seed_gives_the_same_losses(tmp_path, mmwhs_dataset):
+    first = _train(tmp_path / "first", mmwhs_dataset)
+    second = _train(tmp_path / "second", mmwhs_dataset)
+    other_seed = _train(tmp_path / "other", mmwhs_dataset, seed=1)
+    assert len(first[0]) == 4
+    assert first == second
+    assert other_seed[0] != first[0]  # the losses do depend on the seed
+
+
+def _scalars(log_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    scalars: dict[str, list[tuple[int, float]]] = {}
+    for events in log_dir.glob("events.out.tfevents.*"):
+        accumulator = EventAccumulator(str(events))
+        accumulator.Reload()
+        for tag in accumulator.Tags()["scalars"]:
+            scalars.setdefault(tag, []).extend((e.step, e.value) for e in accumulator.Scalars(tag))
+    return scalars
+
+
+@pytest.mark.parametrize("ablation", ["Basic", "DSD"])
+def test_every_loss_term_is_an_epoch_mean_in_tensorboard(tmp_path, mmwhs_dataset, ablation):
+    losses, metrics = _train(tmp_path, mmwhs_dataset, ablation=ablation)
+    scalars = _scalars(tmp_path / "eval")
+    for term in TERM_NAMES:
+        per_iteration = [value for _, value in scalars[f"train_loss/{term}"]]
+        assert len(per_iteration) == len(losses)
+        assert [step for step, _ in scalars[f"train_{term}"]] == [1]  # one value, at epoch 1
+        epoch_mean = scalars[f"train_{term}"][0][1]
+        assert epoch_mean == pytest.approx(sum(per_iteration) / len(per_iteration), rel=1e-5)
+        assert metrics[f"train_{term}"] == pytest.approx(epoch_mean, rel=1e-6)
+    if ablation == "Basic":  # terms of weight 0 are not computed and read 0
+        assert [metrics[f"train_{t}"] for t in ("deep_supervision", "kl_encoder", "kl_decoder")] == [0.0] * 3
+        assert metrics["train_total"] == pytest.approx(metrics["train_main_dice_ce"])
