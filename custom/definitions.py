@@ -15,9 +15,12 @@ __all__ = [
     "BRATS_MODALITIES",
     "BRATS_REGIONS",
     "DISPLAY_NAMES",
+    "HIPPOCAMPUS_CLASS_NAMES",
+    "HIPPOCAMPUS_LABEL_CODES",
     "MMWHS_BACKGROUND_CODES",
     "MMWHS_CLASS_NAMES",
     "MMWHS_LABEL_CODES",
+    "MSD_DATASET_FILE",
     "TERM_NAMES",
     "ablation_weights",
     "canonical_ablation",
@@ -39,6 +42,9 @@ MMWHS_CLASS_NAMES: tuple[str, ...] = (
     "pulmonary_artery",
 )
 
+#: The description file at the root of every MSD task folder.
+MSD_DATASET_FILE = "dataset.json"
+
 #: Input channels of MSD Task01 (BraTS), in file order.
 BRATS_MODALITIES: tuple[str, ...] = ("FLAIR", "T1w", "t1gd", "T2w")
 #: MSD Task01 label names by label value. These are MSD's codes, not BraTS 2018's (1, 2, 4).
@@ -47,6 +53,11 @@ BRATS_LABEL_NAMES: tuple[str, ...] = ("background", "edema", "non-enhancing tumo
 BRATS_LABEL_CODES: dict[int, int] = {1: 1, 2: 2, 3: 3}
 #: The evaluated tumour regions as sets of MSD labels: whole tumour, tumour core, enhancing tumour.
 BRATS_REGIONS: dict[str, tuple[int, ...]] = {"WT": (1, 2, 3), "TC": (2, 3), "ET": (3,)}
+
+#: MSD Task04 (hippocampus) label value -> class index; the codes are already consecutive, the map only validates them.
+HIPPOCAMPUS_LABEL_CODES: dict[int, int] = {1: 1, 2: 2}
+#: MSD Task04 class names by label value: the hippocampus head (anterior) and body with tail (posterior).
+HIPPOCAMPUS_CLASS_NAMES: tuple[str, ...] = ("background", "anterior", "posterior")
 
 #: Display names of the foreground label codes as stored in each dataset's label and prediction files, for figures.
 DISPLAY_NAMES: dict[str, dict[int, str]] = {
@@ -60,6 +71,7 @@ DISPLAY_NAMES: dict[str, dict[int, str]] = {
         850: "pulmonary artery",
     },
     "brats": {code: BRATS_LABEL_NAMES[code] for code in BRATS_LABEL_CODES},
+    "hippocampus": {code: HIPPOCAMPUS_CLASS_NAMES[code] for code in HIPPOCAMPUS_LABEL_CODES},
 }
 
 #: Loss weights of the paper's ablation rows (Table 1): plain backbone, deep supervision,

@@ -7,16 +7,21 @@ import logging
 import math
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 from monai.data import load_decathlon_datalist
 
+from custom.definitions import MSD_DATASET_FILE
 from custom.files import natural_key
 
 __all__ = [
+    "BRATS_SPLIT",
     "DATASET_FILE",
+    "HIPPOCAMPUS_SPLIT",
+    "PaperSplit",
     "is_junk",
     "load_msd_datalist",
     "paper_split",
@@ -26,17 +31,44 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: The description file at the root of every MSD task folder.
-DATASET_FILE = "dataset.json"
-# UNETR's Task01 split (used by the DSD paper): of 484 cases, the last 24 test, 72 of the other 460 validation.
-_PAPER_CASES, _PAPER_TEST, _PAPER_VALIDATION = 484, 24, 72
+DATASET_FILE = MSD_DATASET_FILE
 _SPLIT_KEYS = ("training", "validation", "test")
-_SPLIT_DESCRIPTION = (
-    "UNETR's MSD Task01 split, as used by the DSD paper: the last {test} of {cases} cases in sorted order are the "
-    "test set, the other {rest} are shuffled with the seed into {train} training and {val} validation cases "
-    "(388 / 72 / 24 for the full 484). Paths are relative to the dataset folder (base_dir of "
-    "monai.data.load_decathlon_datalist)."
-)
+
+
+@dataclass(frozen=True)
+class PaperSplit:
+    """A fixed train / validation / test split of an MSD task, by its sizes on the full dataset.
+
+    The last ``test`` cases in sorted order are the test set; the others are shuffled with a seed and cut into
+    training and the last ``validation`` of them; smaller datasets are split in the same proportions.
+
+    Attributes:
+        source: who splits the task this way, for the description written beside the split.
+        cases: labelled cases of the full task.
+        test: test cases of the full task.
+        validation: validation cases of the full task.
+    """
+
+    source: str
+    cases: int
+    test: int
+    validation: int
+
+    def describe(self, train: int, validation: int, test: int) -> str:
+        """The rule in words, with the sizes of one split."""
+        total = train + validation + test
+        return (
+            f"{self.source}: the last {test} of {total} cases in sorted order are the test set, the other "
+            f"{total - test} are shuffled with the seed into {train} training and {validation} validation cases "
+            f"({self.cases - self.test - self.validation} / {self.validation} / {self.test} for the full {self.cases}). "
+            "Paths are relative to the dataset folder (base_dir of monai.data.load_decathlon_datalist)."
+        )
+
+
+#: UNETR's MSD Task01 split, used by the DSD paper: of 484 cases the last 24 test, 72 of the other 460 validation.
+BRATS_SPLIT = PaperSplit("UNETR's MSD Task01 split, as used by the DSD paper", 484, 24, 72)
+#: The DSD authors' MSD Task04 split: of 260 cases the last 60 test, 30 of the other 200 validation.
+HIPPOCAMPUS_SPLIT = PaperSplit("The DSD authors' MSD Task04 split", 260, 60, 30)
 
 
 def is_junk(path: str | os.PathLike) -> bool:
@@ -71,10 +103,12 @@ def _check_case(item: dict, json_path: Path, num_channels: int | None) -> None:
     if num_channels is not None:
         channels = shape[3] if len(shape) == 4 else (1 if len(shape) == 3 else None)
         if channels != num_channels:
-            raise ValueError(
-                f"Image {item['image']} has shape {shape}: expected {num_channels} channel(s), "
-                f"i.e. a (X, Y, Z, {num_channels}) volume with the channels last, as MSD distributes them."
+            layout = (
+                "a 3-D (X, Y, Z) volume"
+                if num_channels == 1
+                else f"a (X, Y, Z, {num_channels}) volume with the channels last, as MSD distributes them"
             )
+            raise ValueError(f"Image {item['image']} has shape {shape}: expected {num_channels} channel(s), i.e. {layout}.")
     if "label" in item:
         label_shape = _header_shape(item["label"])
         if label_shape != shape[:3]:
@@ -124,11 +158,13 @@ def load_msd_datalist(
     return kept
 
 
-def split_sizes(num_cases: int) -> tuple[int, int, int]:
-    """Sizes of the paper split: 388 / 72 / 24 for 484 cases, proportionally (at least one each) otherwise.
+def split_sizes(num_cases: int, rule: PaperSplit = BRATS_SPLIT) -> tuple[int, int, int]:
+    """Sizes of a fixed split: the rule's own on the full task (388 / 72 / 24 of 484 BraTS cases), proportional
+    (at least one each) on other numbers of cases.
 
     Args:
         num_cases: number of labelled cases.
+        rule: the split, e.g. :data:`BRATS_SPLIT` or :data:`HIPPOCAMPUS_SPLIT`.
 
     Returns:
         ``(training, validation, test)``.
@@ -142,14 +178,14 @@ def split_sizes(num_cases: int) -> tuple[int, int, int]:
     def rounded(x: float) -> int:  # round half up: Python's round() would take 2.5 to 2
         return math.floor(x + 0.5)
 
-    test = min(max(1, rounded(num_cases * _PAPER_TEST / _PAPER_CASES)), num_cases - 2)
+    test = min(max(1, rounded(num_cases * rule.test / rule.cases)), num_cases - 2)
     rest = num_cases - test
-    validation = min(max(1, rounded(rest * _PAPER_VALIDATION / (_PAPER_CASES - _PAPER_TEST))), rest - 1)
+    validation = min(max(1, rounded(rest * rule.validation / (rule.cases - rule.test))), rest - 1)
     return rest - validation, validation, test
 
 
-def paper_split(cases: Sequence[dict], seed: int = 0) -> dict[str, list[dict]]:
-    """Split cases as UNETR and the DSD paper do on MSD Task01.
+def paper_split(cases: Sequence[dict], seed: int = 0, rule: PaperSplit = BRATS_SPLIT) -> dict[str, list[dict]]:
+    """Split cases by a fixed rule, by default as UNETR and the DSD paper do on MSD Task01.
 
     Cases are sorted by image path (numbers compare as numbers); the last ones form the test set,
     the others are shuffled with ``seed`` and cut into training and validation; sizes from :func:`split_sizes`.
@@ -157,12 +193,13 @@ def paper_split(cases: Sequence[dict], seed: int = 0) -> dict[str, list[dict]]:
     Args:
         cases: ``{"image": ..., "label": ...}`` dictionaries, in any order.
         seed: seed of the shuffle.
+        rule: the split's sizes on the full task.
 
     Returns:
         ``{"training": [...], "validation": [...], "test": [...]}``; test in sorted order.
     """
     ordered = sorted(cases, key=lambda case: natural_key(str(case["image"])))
-    train, validation, test = split_sizes(len(ordered))
+    train, validation, test = split_sizes(len(ordered), rule)
     rest = ordered[: train + validation]
     shuffled = [rest[i] for i in np.random.default_rng(seed).permutation(len(rest))]
     return {"training": shuffled[:train], "validation": shuffled[train:], "test": ordered[train + validation :]}
@@ -178,8 +215,9 @@ def paper_split_datalists(
     datalist_file: str | os.PathLike,
     seed: int = 0,
     num_channels: int | None = None,
+    rule: PaperSplit = BRATS_SPLIT,
 ) -> dict[str, list[dict[str, str]]]:
-    """The paper split of an MSD task's labelled cases, kept in a datalist file so that it is fixed and inspectable.
+    """The fixed split of an MSD task's labelled cases, kept in a datalist file so that it is fixed and inspectable.
 
     The first call writes ``datalist_file``: an MSD-style datalist with ``training``, ``validation``
     and ``test`` lists (paths relative to the dataset folder, readable with
@@ -192,6 +230,7 @@ def paper_split_datalists(
         datalist_file: where the split is written, or read if it exists.
         seed: seed of the train/validation shuffle; must match the seed recorded in an existing file.
         num_channels: the expected number of image channels, see :func:`load_msd_datalist`.
+        rule: the split's sizes on the full task, :data:`BRATS_SPLIT` by default.
 
     Returns:
         ``{"training": [...], "validation": [...], "test": [...]}`` with absolute paths.
@@ -212,9 +251,9 @@ def paper_split_datalists(
         names = _read_split(target, set(by_name), seed)
         logger.info(f"Using the data split in {target} (seed {seed}).")
     else:
-        split = paper_split(cases, seed)
+        split = paper_split(cases, seed, rule)
         names = {key: [_relative(case["image"], root) for case in split[key]] for key in _SPLIT_KEYS}
-        _write_split(target, names, by_name, root, seed)
+        _write_split(target, names, by_name, root, seed, rule)
         logger.info(f"Wrote the data split to {target} (seed {seed}).")
     return {key: [dict(by_name[name]) for name in names[key]] for key in _SPLIT_KEYS}
 
@@ -247,11 +286,12 @@ def _read_split(path: Path, dataset_names: set[str], seed: int) -> dict[str, lis
     return names
 
 
-def _write_split(path: Path, names: dict[str, list[str]], by_name: dict, root: Path, seed: int) -> None:
+def _write_split(
+    path: Path, names: dict[str, list[str]], by_name: dict, root: Path, seed: int, rule: PaperSplit
+) -> None:
     train, val, test = (len(names[key]) for key in _SPLIT_KEYS)
-    total = train + val + test
     content: dict = {
-        "description": _SPLIT_DESCRIPTION.format(test=test, cases=total, rest=total - test, train=train, val=val),
+        "description": rule.describe(train, val, test),
         "seed": seed,
     }
     for key in _SPLIT_KEYS:

@@ -19,7 +19,7 @@ from typing import Any
 from custom.mmwhs import fold_datalists
 from dsd_lab.bundles import BUNDLES_DIR
 from dsd_lab.cli import run_command
-from dsd_lab.data.synthetic import make_mmwhs
+from dsd_lab.data.synthetic_mmwhs import make_mmwhs
 from dsd_lab.experiments.ablation import ablation_study
 from dsd_lab.experiments.cv import cross_validate
 from dsd_lab.experiments.study import as_list, study_run_dir

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from dsd_lab.data.synthetic import make_mmwhs
+from dsd_lab.data.synthetic_mmwhs import make_mmwhs
 
 
 @pytest.fixture(scope="module")

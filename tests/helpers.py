@@ -21,8 +21,10 @@ from custom.definitions import TERM_NAMES
 
 __all__ = [
     "BRATS_BUNDLE",
+    "HIPPOCAMPUS_BUNDLE",
     "MMWHS_BUNDLE",
     "ROOT",
+    "TINY_NETWORK_KEYS",
     "TINY_UNETR",
     "assert_bad_input_fails_clearly",
     "assert_exports_match_checkpoint",
@@ -41,6 +43,7 @@ __all__ = [
 ROOT = Path(__file__).resolve().parents[1]
 MMWHS_BUNDLE = ROOT / "bundles" / "dsd_unetr_mmwhs"
 BRATS_BUNDLE = ROOT / "bundles" / "dsd_unetr_brats"
+HIPPOCAMPUS_BUNDLE = ROOT / "bundles" / "dsd_unetr_hippocampus"
 
 #: Overrides that shrink a bundle's UNETR and pipeline so that a test trains it in seconds on a CPU.
 TINY_UNETR: dict[str, Any] = {

@@ -30,6 +30,7 @@ OWN_VALUES: dict[str, dict[str, str]] = {
         "in_channels": "modalities of the dataset",
         "num_classes": "labels of the dataset",
         "regions": "BraTS is evaluated on nested tumour regions",
+        "num_samples": "the authors' crops per volume, 8 for the small Task04 volumes",
         "roi_size": "the paper's patch size per dataset",
         "pixdim": "MM-WHS is resampled; MSD tasks keep their grid",
         "hu_window": "CT only",
@@ -38,6 +39,7 @@ OWN_VALUES: dict[str, dict[str, str]] = {
         "max_epochs": "the paper's schedule per dataset",
         "cache_rate": "whether the dataset fits in memory",
         "train#deterministic_transforms": "reading, label codes and intensity scaling per modality",
+        "train#random_transforms": "the authors' augmentation for Task04 (flips p = 0.5, background crops)",
         "validate#key_metric": "per-class Dice, or region Dice for BraTS",
         "validate#additional_metrics": "per-class HD95, or region HD95 for BraTS",
         "validate#postprocessing": "region channels for BraTS",
@@ -70,6 +72,8 @@ OWN_VALUES: dict[str, dict[str, str]] = {
         "postprocessing#transforms": "label codes written back",
     },
     "metadata.json": {
+        "version": "each bundle's own release history",
+        "changelog": "each bundle's own release history",
         "name": "the bundle's own description",
         "task": "the bundle's own description",
         "description": "the bundle's own description",
@@ -80,10 +84,12 @@ OWN_VALUES: dict[str, dict[str, str]] = {
         "eval_metrics": "the bundle's own results",
         "references": "the dataset's own references",
         "network_data_format": "the dataset's inputs and classes",
-        "changelog#0.1.0": "the first release named its dataset",
     },
     "backbone_dynunet.json": {
         "dynunet_filters": "the bottleneck's width per dataset",
+    },
+    "backbone_swinunetr.json": {
+        "roi_size": "SwinUNETR's 1/32 bottleneck needs 64³ patches to keep more than one voxel for instance norm",
     },
 }
 

@@ -25,7 +25,7 @@ import custom.blockwise_loss as blockwise_loss
 from custom.definitions import ABLATIONS, MMWHS_LABEL_CODES
 from custom.losses import DSDLoss
 from custom.networks import DeferredLogits, DSDNet, parse_tap
-from dsd_lab.data.synthetic import make_mmwhs
+from dsd_lab.data.synthetic_mmwhs import make_mmwhs
 from tests.helpers import MMWHS_BUNDLE as BUNDLE_DIR
 from tests.helpers import TINY_UNETR
 

@@ -15,7 +15,7 @@ import torch
 from monai.bundle import ConfigParser, ConfigWorkflow
 
 from custom.msd import load_msd_datalist, paper_split
-from dsd_lab.data.synthetic import make_brats
+from dsd_lab.data.synthetic_msd import make_brats
 from tests.helpers import (
     BRATS_BUNDLE,
     TINY_UNETR,

@@ -31,7 +31,7 @@ def schema_file() -> Path:
 
 
 def test_bundles_are_found():
-    assert [b.name for b in BUNDLES] == ["dsd_unetr_brats", "dsd_unetr_mmwhs"]
+    assert [b.name for b in BUNDLES] == ["dsd_unetr_brats", "dsd_unetr_hippocampus", "dsd_unetr_mmwhs"]
 
 
 @pytest.mark.parametrize("bundle", BUNDLES, ids=lambda p: p.name)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from monai.data import load_decathlon_datalist
 
-from custom.msd import load_msd_datalist, paper_split, paper_split_datalists, split_sizes
+from custom.msd import HIPPOCAMPUS_SPLIT, load_msd_datalist, paper_split, paper_split_datalists, split_sizes
 
 
 def _save(data: np.ndarray, path: Path) -> None:
@@ -205,3 +205,22 @@ def test_nothing_is_written_when_the_dataset_is_bad(tmp_path):
     with pytest.raises(ValueError, match="channel"):
         paper_split_datalists(root, split_file, num_channels=4)
     assert not split_file.exists()
+
+
+@pytest.mark.parametrize("num_cases, sizes", [(260, (170, 30, 60)), (26, (17, 3, 6)), (7, (4, 1, 2))])
+def test_hippocampus_split_sizes_follow_the_authors_rule(num_cases, sizes):
+    assert split_sizes(num_cases, HIPPOCAMPUS_SPLIT) == sizes
+
+
+def test_a_single_channel_task_refuses_a_4d_image_naming_its_channels(tmp_path):
+    root = _write_task(tmp_path / "task", cases=3, channels=2)
+    with pytest.raises(ValueError, match=r"BRATS_001.nii.gz has shape \(4, 5, 3, 2\): expected 1 channel\(s\), i.e. a 3-D"):
+        load_msd_datalist(root, num_channels=1)
+
+
+def test_the_written_split_describes_its_rule(tmp_path):
+    root = _write_task(tmp_path / "task", cases=7)
+    paper_split_datalists(root, tmp_path / "datalist.json", rule=HIPPOCAMPUS_SPLIT)
+    description = json.loads((tmp_path / "datalist.json").read_text())["description"]
+    assert description.startswith("The DSD authors' MSD Task04 split: the last 2 of 7 cases")
+    assert "170 / 30 / 60 for the full 260" in description

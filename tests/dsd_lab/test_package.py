@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from dsd_lab.data.synthetic import make_mmwhs
+from dsd_lab.data.synthetic_mmwhs import make_mmwhs
 from dsd_lab.package import MAX_FILE_BYTES, package_bundle
-from tests.helpers import BRATS_BUNDLE, MMWHS_BUNDLE, ROOT, TINY_UNETR, cli_overrides, run_console
+from tests.helpers import BRATS_BUNDLE, HIPPOCAMPUS_BUNDLE, MMWHS_BUNDLE, ROOT, TINY_UNETR, cli_overrides, run_console
 
-BUNDLES = [MMWHS_BUNDLE, BRATS_BUNDLE]
+BUNDLES = [MMWHS_BUNDLE, BRATS_BUNDLE, HIPPOCAMPUS_BUNDLE]
 RUNTIME = ROOT / "custom"
 #: What a bundle may import besides its own ``custom`` package and the standard library: MONAI and its
 #: base requirements, and the import names of the packages in ``required_packages_version``.

@@ -11,7 +11,7 @@ from scipy.ndimage import binary_dilation
 
 from custom.definitions import BRATS_LABEL_NAMES, BRATS_MODALITIES
 from custom.msd import load_msd_datalist
-from dsd_lab.data.synthetic import make_brats
+from dsd_lab.data.synthetic_msd import make_brats
 from tests.helpers import ROOT, run_console
 
 _CASES, _TEST_CASES = 4, 1

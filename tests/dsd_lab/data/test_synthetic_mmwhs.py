@@ -10,7 +10,7 @@ import pytest
 
 from custom.definitions import MMWHS_BACKGROUND_CODES, MMWHS_LABEL_CODES
 from custom.mmwhs import find_mmwhs_cases
-from dsd_lab.data.synthetic import make_mmwhs
+from dsd_lab.data.synthetic_mmwhs import make_mmwhs
 from tests.helpers import ROOT, run_console
 
 _NUM_CASES = 4

@@ -10,18 +10,17 @@ import shutil
 import pytest
 
 import dsd_lab.experiments.runs as runs_module
-from custom.definitions import BRATS_REGIONS, MMWHS_CLASS_NAMES
-from dsd_lab.data.synthetic import make_brats
+from custom.definitions import BRATS_REGIONS, HIPPOCAMPUS_CLASS_NAMES, MMWHS_CLASS_NAMES
+from dsd_lab.data.synthetic_msd import make_brats, make_hippocampus
 from dsd_lab.experiments.ablation import ablation_study
 from dsd_lab.experiments.cv import cross_validate
 from dsd_lab.experiments.records import start_record
 from dsd_lab.experiments.report import report
 from dsd_lab.experiments.study import as_list
 from dsd_lab.experiments.tables import cv_summary, format_cell, write_comparison_tables
+from tests.helpers import BRATS_BUNDLE, HIPPOCAMPUS_BUNDLE, TINY_UNETR, cli_overrides, run_console
 from tests.helpers import MMWHS_BUNDLE as BUNDLE_DIR
-from tests.helpers import TINY_UNETR, cli_overrides, run_console
 
-BRATS_BUNDLE = BUNDLE_DIR.parent / "dsd_unetr_brats"
 FAST = {**TINY_UNETR, "num_samples": 1, "max_epochs": 1, "val_interval": 1}
 MMWHS_CLASSES = list(MMWHS_CLASS_NAMES[1:])
 
@@ -155,14 +154,22 @@ def test_cross_validation_then_ablation_and_report_share_runs(tmp_path, mmwhs_da
     assert table.splitlines()[2] == f"| DSD | {' | '.join(dsd_cells)} |"
 
 
-def test_brats_ablation_writes_the_region_table_on_the_test_split(tmp_path):
-    data = tmp_path / "Task01_BrainTumour"
-    make_brats(data, cases=6, seed=1)
+@pytest.mark.parametrize(
+    "bundle, make_data, classes",
+    [
+        (BRATS_BUNDLE, make_brats, list(BRATS_REGIONS)),
+        (HIPPOCAMPUS_BUNDLE, make_hippocampus, list(HIPPOCAMPUS_CLASS_NAMES[1:])),
+    ],
+    ids=["brats", "hippocampus"],
+)
+def test_msd_ablation_writes_the_table_of_the_test_split(tmp_path, bundle, make_data, classes):
+    data = tmp_path / "task"
+    make_data(data, cases=6, seed=1)
     table = ablation_study(
-        str(BRATS_BUNDLE), str(data), rows="Basic,DSD", work_dir=str(tmp_path / "runs"), **{**FAST, "val_interval": 1}
+        str(bundle), str(data), rows="Basic,DSD", work_dir=str(tmp_path / "runs"), **{**FAST, "val_interval": 1}
     )
-    regions = list(BRATS_REGIONS)
-    assert table.splitlines()[0].startswith(f"| variant | eta | alpha1 | alpha2 | Dice {regions[0]} |")
+    header = f"| variant | eta | alpha1 | alpha2 | {' | '.join(f'Dice {name}' for name in classes)} | Dice mean |"
+    assert table.splitlines()[0].startswith(header)
     assert (tmp_path / "runs" / "ablation.csv").is_file() and (tmp_path / "runs" / "DSD" / "results.json").is_file()
     test_cases = json.loads((tmp_path / "runs" / "DSD" / "eval" / "datalist.json").read_text())["test"]
     with open(tmp_path / "runs" / "DSD" / "eval" / "val_mean_dice_raw.csv", newline="") as f:

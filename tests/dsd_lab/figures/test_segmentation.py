@@ -174,6 +174,7 @@ def test_missing_matplotlib_names_the_extra(tmp_path, monkeypatch):
 def test_dataset_label_names():
     assert dataset_label_names("brats") == {1: "edema", 2: "non-enhancing tumour", 3: "enhancing tumour"}
     assert MMWHS[205] == "LV myocardium" and len(MMWHS) == 7
+    assert dataset_label_names("hippocampus") == {1: "anterior", 2: "posterior"}
     with pytest.raises(ValueError, match="Unknown dataset"):
         dataset_label_names("acdc")
 
