@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from monai.bundle import ConfigParser, ConfigWorkflow
+from monai.bundle import ConfigParser
 
-from tests.helpers import BRATS_BUNDLE, HIPPOCAMPUS_BUNDLE, MMWHS_BUNDLE, ROOT, TINY_UNETR
+from tests.helpers import BRATS_BUNDLE, HIPPOCAMPUS_BUNDLE, MMWHS_BUNDLE, ROOT, tiny_train_workflow
 
 BUNDLES = [MMWHS_BUNDLE, BRATS_BUNDLE, HIPPOCAMPUS_BUNDLE]
 #: The ids that choose the device and the autocast dtype; inference.json must choose as train.json does.
@@ -75,16 +75,10 @@ def deterministic_afterwards_off(monkeypatch):
 
 @pytest.mark.usefixtures("single_thread", "deterministic_afterwards_off")
 def test_deterministic_training_with_validation_runs_on_the_device_named_by_a_string(tmp_path, mmwhs_dataset):
-    workflow = ConfigWorkflow(
-        config_file=str(MMWHS_BUNDLE / "configs" / "train.json"),
-        workflow_type="train",
-        bundle_root=str(tmp_path),
-        dataset_dir=str(mmwhs_dataset),
-        **{**TINY_UNETR, "num_samples": 1, "max_epochs": 1, "val_interval": 1, "train#trainer#epoch_length": 2},
-        deterministic="true",  # as the command line gives them
-        device="cpu",
-    )
-    workflow.initialize()
+    # the switch and the device as the command line gives them: strings
+    overrides = {"deterministic": "true", "device": "cpu", "num_samples": 1, "max_epochs": 1, "val_interval": 1}
+    overrides["train#trainer#epoch_length"] = 2
+    workflow = tiny_train_workflow(MMWHS_BUNDLE, mmwhs_dataset, tmp_path, **overrides)
     assert torch.are_deterministic_algorithms_enabled() and not torch.backends.cudnn.benchmark
     workflow.run()
     assert workflow.trainer.state.iteration == 2

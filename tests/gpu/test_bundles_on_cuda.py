@@ -15,17 +15,22 @@ import sys
 import traceback
 import warnings
 from collections import Counter
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 from ignite.engine import Events
-from monai.bundle import ConfigWorkflow
 
 from dsd_lab.data.synthetic_msd import make_brats, make_hippocampus
-from tests.helpers import BRATS_BUNDLE, HIPPOCAMPUS_BUNDLE, MMWHS_BUNDLE, TINY_UNETR, cli_overrides, tiny_network
+from tests.helpers import (
+    BRATS_BUNDLE,
+    HIPPOCAMPUS_BUNDLE,
+    MMWHS_BUNDLE,
+    cli_overrides,
+    tiny_network,
+    tiny_train_workflow,
+)
 
 # cuBLAS reads its workspace setting when CUDA starts; this module is imported before any test of the session runs.
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -77,25 +82,12 @@ def fast_kernels_afterwards():
     torch.use_deterministic_algorithms(False)
 
 
-def _workflow(bundle: Path, dataset: Path, root: Path, configs: Sequence[str] = ("train.json",), **overrides):
-    """The bundle's training, initialised in this process at the tiny sizes."""
-    workflow = ConfigWorkflow(
-        config_file=[str(bundle / "configs" / name) for name in configs],
-        workflow_type="train",
-        bundle_root=str(root),
-        dataset_dir=str(dataset),
-        **{**TINY_UNETR, **overrides},
-    )
-    workflow.initialize()
-    return workflow
-
-
 @pytest.mark.parametrize("amp_dtype", ["float16", "bfloat16"])
 @pytest.mark.parametrize("name", ["mmwhs", "brats", "hippocampus"])
 def test_twenty_amp_steps_give_finite_losses_and_a_settled_loss_scale(datasets, tmp_path, name, amp_dtype):
     bundle, dataset = datasets[name]
     # the device as --device cuda:0 gives it: a string
-    workflow = _workflow(bundle, dataset, tmp_path, amp_dtype=amp_dtype, device="cuda:0", val_interval=1000)
+    workflow = tiny_train_workflow(bundle, dataset, tmp_path, amp_dtype=amp_dtype, device="cuda:0", val_interval=1000)
     trainer, scaler = workflow.trainer, workflow.parser.get_parsed_content("grad_scaler")
     trainer.state.max_epochs = math.ceil(STEPS / len(trainer.data_loader))
     losses, scales, dtypes = [], [], set()
@@ -124,7 +116,7 @@ def test_twenty_amp_steps_give_finite_losses_and_a_settled_loss_scale(datasets, 
 def _trained_weights(dataset: Path, root: Path, backbone: str | None) -> dict[str, torch.Tensor]:
     configs = ["train.json"] + ([backbone] if backbone else [])
     overrides = {"deterministic": True, "max_epochs": 1, "val_interval": 2, "train#trainer#epoch_length": 3}
-    workflow = _workflow(MMWHS_BUNDLE, dataset, root, configs, **overrides, **BACKBONES[backbone])
+    workflow = tiny_train_workflow(MMWHS_BUNDLE, dataset, root, configs, **overrides, **BACKBONES[backbone])
     assert torch.are_deterministic_algorithms_enabled()
     workflow.run()
     assert workflow.trainer.state.iteration == 3
@@ -163,7 +155,7 @@ def _source(stack: list[traceback.FrameSummary]) -> str:
 
 def test_host_syncs_of_a_dsd_training_step(mmwhs_dataset, tmp_path, capsys):
     """Counted in a steady-state step (the third) of the default DSD training, by where they come from."""
-    workflow = _workflow(MMWHS_BUNDLE, mmwhs_dataset, tmp_path, max_epochs=1, val_interval=2)
+    workflow = tiny_train_workflow(MMWHS_BUNDLE, mmwhs_dataset, tmp_path, max_epochs=1, val_interval=2)
     trainer, counted = workflow.trainer, 3
     catcher, syncs = warnings.catch_warnings(), Counter()
 
@@ -229,7 +221,7 @@ def current_device_restored():
 @pytest.mark.usefixtures("current_device_restored")
 def test_device_cuda_1_trains_on_the_second_gpu_only(mmwhs_dataset, tmp_path):
     before = torch.cuda.memory_allocated(0)
-    workflow = _workflow(MMWHS_BUNDLE, mmwhs_dataset, tmp_path, device="cuda:1", max_epochs=1, val_interval=2)
+    workflow = tiny_train_workflow(MMWHS_BUNDLE, mmwhs_dataset, tmp_path, device="cuda:1", max_epochs=1, val_interval=2)
     workflow.run()
     network = workflow.parser.get_parsed_content("dsd_network")
     assert {p.device for p in network.parameters()} == {torch.device("cuda", 1)}
