@@ -11,18 +11,21 @@ import importlib
 from types import ModuleType
 
 __all__ = [
+    "amp",
     "blockwise_loss",
     "checkpoint",
     "definitions",
     "distributed",
     "files",
     "flags",
+    "loss_terms",
     "losses",
     "metrics",
     "mmwhs",
     "msd",
     "networks",
     "progress",
+    "reproducibility",
     "transforms",
 ]
 

@@ -13,6 +13,7 @@ from monai.losses import DiceCELoss
 from custom.blockwise_loss import DiceCESettings, KLGroup, blockwise_head_terms
 from custom.definitions import TERM_NAMES, ablation_weights
 from custom.networks import DECODER_KEY, ENCODER_KEY, PRED_KEY, DeferredLogits
+from custom.reproducibility import deterministic_cross_entropy
 
 __all__ = ["DSDLoss", "distillation_kl"]
 
@@ -93,6 +94,8 @@ class DSDLoss(nn.Module):
         self.detach_teacher = detach_teacher
         kwargs = {"include_background": True, "to_onehot_y": True, "softmax": True, **(dice_ce_kwargs or {})}
         self.dice_ce = DiceCELoss(**kwargs)
+        # MONAI's reduced cross-entropy sums with atomics on CUDA: not reproducible, and refused when deterministic
+        self.dice_ce.cross_entropy = deterministic_cross_entropy(self.dice_ce.cross_entropy)
         self.blockwise_settings = DiceCESettings.from_kwargs(kwargs)
         self.latest_terms: dict[str, torch.Tensor] = {}
 

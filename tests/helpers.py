@@ -13,7 +13,7 @@ from unittest import mock
 
 import pytest
 import torch
-from monai.bundle import ConfigParser
+from monai.bundle import ConfigParser, ConfigWorkflow
 from monai.data import load_net_with_metadata
 from monai.networks.nets import UNETR
 
@@ -37,6 +37,7 @@ __all__ = [
     "run_console",
     "run_module",
     "tiny_network",
+    "tiny_train_workflow",
     "train_bundle_copy",
 ]
 
@@ -126,6 +127,33 @@ def train_bundle_copy(bundle_dir: Path, workspace: Path, dataset_dir: Path, **ov
     command += ["--logging_file", "configs/logging.conf"]
     run_cli(command + cli_overrides(dataset_dir, **overrides), cwd=bundle)
     return bundle
+
+
+def tiny_train_workflow(
+    bundle_dir: Path,
+    dataset_dir: Path,
+    bundle_root: Path,
+    config_files: Sequence[str] = ("train.json",),
+    **overrides: Any,
+) -> ConfigWorkflow:
+    """A bundle's training at the tiny UNETR's sizes, initialised in this process (the trainer is built on first use).
+
+    Args:
+        bundle_dir: the bundle whose configs are read.
+        dataset_dir: the data.
+        bundle_root: where the run writes ``models/`` and ``eval/``.
+        config_files: names in the bundle's ``configs/``, merged in order.
+        overrides: config ids and values; they win over the tiny sizes.
+    """
+    workflow = ConfigWorkflow(
+        config_file=[str(bundle_dir / "configs" / name) for name in config_files],
+        workflow_type="train",
+        bundle_root=str(bundle_root),
+        dataset_dir=str(dataset_dir),
+        **{**TINY_UNETR, **overrides},
+    )
+    workflow.initialize()
+    return workflow
 
 
 def assert_plain_unetr_training_outputs(bundle: Path, in_channels: int, out_channels: int) -> None:

@@ -56,6 +56,8 @@ def test_training_killed_mid_epoch_resumes_with_one_override(tmp_path, mmwhs_dat
     bundle = tmp_path / BUNDLE_DIR.name
     shutil.copytree(BUNDLE_DIR, bundle, ignore=shutil.ignore_patterns("models", "eval"))
     overrides = cli_overrides(mmwhs_dataset, max_epochs=MAX_EPOCHS, val_interval=1, progress_interval=0)
+    # float16 AMP's GradScaler on the CPU (autocast itself is CUDA's, off here); its scale doubles at every step
+    overrides += cli_overrides(mmwhs_dataset, amp=True, amp_dtype="float16", **{"grad_scaler#growth_interval": 1})
     _kill_mid_epoch_after_a_checkpoint([sys.executable, "-m", "monai.bundle", "run", *TRAIN, *overrides], bundle)
     resume_file = bundle / "models" / "resume.pt"
     epoch_length = len(fold_datalists(mmwhs_dataset)["training"])
@@ -72,10 +74,29 @@ def test_training_killed_mid_epoch_resumes_with_one_override(tmp_path, mmwhs_dat
     # Adam counts its steps: the resumed optimizer went on from the killed run's count
     assert {s["step"].item() for s in state["optimizer"]["state"].values()} == {MAX_EPOCHS * epoch_length}
     assert state["lr_scheduler"]["last_epoch"] == MAX_EPOCHS
+    # the loss scale went on from the killed run's, not from 2^16 again
+    assert state["grad_scaler"]["scale"] == 2.0 ** (16 + MAX_EPOCHS * epoch_length)
     assert [name for _, name in state["best_model"]["_saved"]] and state["validator"]["best_metric_epoch"] >= 1
     for name in ("model.pt", "model_final.pt"):  # still the plain backbone
         tiny_network(bundle).load_state_dict(torch.load(bundle / "models" / name, weights_only=True), strict=True)
     assert sorted(p.name for p in (bundle / "models").iterdir()) == ["model.pt", "model_final.pt", "resume.pt"]
+
+
+def test_resume_checkpoint_restores_an_enabled_grad_scaler(tmp_path):
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0, growth_interval=7)
+    scaler.scale(torch.ones(()))  # the scale exists from the first scaled loss on
+    scaler.update(new_scale=256.0)
+    engine = Engine(lambda e, b: None)
+    AtomicCheckpointSaver(tmp_path / "resume.pt", {"grad_scaler": scaler}).attach(engine)
+    engine.run([0], max_epochs=1)
+
+    restored = torch.amp.GradScaler("cpu")
+    loader_engine = Engine(lambda e, b: None)
+    ResumeCheckpointLoader(tmp_path / "resume.pt", {"grad_scaler": restored}).attach(loader_engine)
+    loader_engine.run([0], max_epochs=1)
+    expected = {"scale": 256.0, "growth_factor": 2.0, "backoff_factor": 0.5, "growth_interval": 7, "_growth_tracker": 0}
+    assert restored.state_dict() == scaler.state_dict() == expected
+    assert restored.scale(torch.ones(())).item() == 256.0
 
 
 def _partial_save(obj, f, *args, **kwargs):
