@@ -24,7 +24,16 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from custom.errors import DUPLICATE, EMPTY_LABEL, LABEL_CODES, NON_FINITE, DataError, DataProblem, collecting_problems
+from custom.errors import (
+    DUPLICATE,
+    EMPTY_LABEL,
+    LABEL_CODES,
+    NON_FINITE,
+    UNREADABLE,
+    DataError,
+    DataProblem,
+    collecting_problems,
+)
 from custom.flags import as_flag
 from custom.transforms import LoadImageNamed, MapLabelCodesd, label_code_counts, nonfinite_count, unknown_codes
 from dsd_lab.bundles import bundle_config
@@ -97,7 +106,7 @@ def _read(loader: LoadImageNamed, file: str, problems: list[DataProblem]) -> tor
     try:
         return loader(file)
     except DataError as error:
-        problems.append(error.problem or DataProblem(file, "unreadable", str(error)))
+        problems.append(error.problem or DataProblem(file, UNREADABLE, str(error)))
         return None
 
 
