@@ -6,12 +6,14 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-import nibabel as nib
 from monai.data import load_decathlon_datalist
 
+from custom.errors import LISTING, MISSING, report_problem
 from custom.files import natural_key
+from custom.headers import check_cases
 
 __all__ = [
+    "MMWHS_DATASET",
     "find_mmwhs_cases",
     "load_datalist",
     "mmwhs_cases",
@@ -21,116 +23,106 @@ __all__ = [
 
 _IMAGE_SUFFIX = "_image.nii.gz"
 _LABEL_SUFFIX = "_label.nii.gz"
+#: The dataset's name in messages.
+MMWHS_DATASET = "MM-WHS CT"
 
 
-def _check_same_shape(image: str, label: str) -> None:
-    # Header-only read: nib.load is lazy, so no voxel data is decompressed here.
-    image_shape, label_shape = nib.load(image).shape, nib.load(label).shape
-    if tuple(image_shape) != tuple(label_shape):
-        raise ValueError(
-            f"Image/label shape mismatch: {image} has shape {tuple(image_shape)} "
-            f"but {label} has shape {tuple(label_shape)}."
-        )
-
-
-def find_mmwhs_cases(dataset_dir: str | os.PathLike) -> list[dict[str, str]]:
-    """Find the image/label pairs of an MM-WHS 2017 style folder.
+def find_mmwhs_cases(dataset_dir: str | os.PathLike, num_channels: int = 1) -> list[dict[str, str]]:
+    """Find the image/label pairs of an MM-WHS 2017 style folder and check them from their headers.
 
     The folder holds ``<prefix>_image.nii.gz`` and ``<prefix>_label.nii.gz`` pairs side by side,
     e.g. ``ct_train_1001_image.nii.gz`` and ``ct_train_1001_label.nii.gz``. Files starting with
-    ``._`` (macOS resource forks) are ignored.
+    ``._`` (macOS resource forks) are ignored. Only headers are read (:func:`custom.headers.check_cases`).
 
     Args:
         dataset_dir: folder holding the image and label files.
+        num_channels: the images' number of channels (1 for CT).
 
     Returns:
-        ``[{"image": path, "label": path}, ...]`` with absolute paths, sorted by case id.
+        ``[{"image": path, "label": path}, ...]`` with absolute paths, sorted by case id; while problems are
+        collected (:func:`custom.errors.collecting_problems`), the cases whose files can be read.
 
     Raises:
-        FileNotFoundError: if ``dataset_dir`` does not exist, or an image has no label or a label
-            has no image.
-        NotADirectoryError: if ``dataset_dir`` is not a directory.
-        ValueError: if the folder holds no ``*_image.nii.gz`` file, or an image and its label
-            differ in shape.
+        MissingDataError: ``dataset_dir`` does not exist, or an image has no label or a label has no image.
+        DataError: ``dataset_dir`` is not a folder or holds no ``*_image.nii.gz`` file, a header cannot be read,
+            an image has the wrong number of channels, or a label is off its image's grid.
     """
     root = Path(dataset_dir).expanduser()
     if not root.exists():
-        raise FileNotFoundError(f"MM-WHS dataset directory does not exist: {root}")
+        report_problem(root, MISSING, "the MM-WHS dataset folder does not exist")
+        return []
     if not root.is_dir():
-        raise NotADirectoryError(f"MM-WHS dataset path is not a directory: {root}")
+        report_problem(root, LISTING, "the MM-WHS dataset path is not a folder (nor a .json datalist)")
+        return []
     root = root.resolve()
 
     names = [p.name for p in root.iterdir() if p.is_file() and not p.name.startswith("._")]
     images = {n[: -len(_IMAGE_SUFFIX)]: n for n in names if n.endswith(_IMAGE_SUFFIX)}
     labels = {n[: -len(_LABEL_SUFFIX)]: n for n in names if n.endswith(_LABEL_SUFFIX)}
     if not images:
-        raise ValueError(f"MM-WHS dataset directory is empty: no '*{_IMAGE_SUFFIX}' files in {root}")
+        report_problem(root, LISTING, f"the MM-WHS dataset folder is empty: no '*{_IMAGE_SUFFIX}' files")
+        return []
 
-    for prefix in sorted(images, key=natural_key):
-        if prefix not in labels:
-            raise FileNotFoundError(
-                f"Image {root / images[prefix]} has no label: expected {root / (prefix + _LABEL_SUFFIX)}"
-            )
     for prefix in sorted(labels, key=natural_key):
         if prefix not in images:
-            raise FileNotFoundError(
-                f"Label {root / labels[prefix]} has no image: expected {root / (prefix + _IMAGE_SUFFIX)}"
+            report_problem(
+                root / labels[prefix], MISSING, f"the label has no image: expected {root / (prefix + _IMAGE_SUFFIX)}"
             )
-
     cases = []
     for prefix in sorted(images, key=natural_key):
-        image, label = str(root / images[prefix]), str(root / labels[prefix])
-        _check_same_shape(image, label)
-        cases.append({"image": image, "label": label})
-    return cases
+        if prefix in labels:
+            cases.append({"image": str(root / images[prefix]), "label": str(root / labels[prefix])})
+        else:
+            report_problem(
+                root / images[prefix], MISSING, f"the image has no label: expected {root / (prefix + _LABEL_SUFFIX)}"
+            )
+    return check_cases(cases, num_channels, MMWHS_DATASET, root)
 
 
-def load_datalist(path: str | os.PathLike, key: str = "training") -> list[dict]:
-    """Load an MSD-style datalist JSON and check the files it references.
+def load_datalist(path: str | os.PathLike, key: str = "training", num_channels: int = 1) -> list[dict]:
+    """Load an MSD-style datalist JSON and check the files it references from their headers.
 
     Relative paths are resolved against the folder holding the JSON file.
 
     Args:
         path: the datalist JSON file, e.g. ``{"training": [{"image": "...", "label": "..."}]}``.
         key: the list to read from the JSON file.
+        num_channels: the images' number of channels (1 for CT).
 
     Returns:
         the datalist items with absolute ``image``/``label`` paths.
 
     Raises:
-        FileNotFoundError: if the JSON file or a file it references does not exist.
-        ValueError: if ``key`` is missing from the JSON file, or an image and its label differ in shape.
+        MissingDataError: the JSON file or a file it references does not exist.
+        DataError: ``key`` is missing from the JSON file, a header cannot be read, an image has the wrong number
+            of channels, or a label is off its image's grid.
     """
     json_path = Path(path).expanduser()
     if not json_path.is_file():
-        raise FileNotFoundError(f"Datalist file does not exist: {json_path}")
-    items = load_decathlon_datalist(json_path, is_segmentation=True, data_list_key=key)
-
-    for item in items:
-        for field in ("image", "label"):
-            # MSD allows a list of files per entry (multi-channel inputs).
-            files = item.get(field, [])
-            for file in [files] if isinstance(files, str) else files:
-                if not os.path.isfile(file):
-                    raise FileNotFoundError(f"Datalist {json_path} references a missing {field} file: {file}")
-        if isinstance(item.get("image"), str) and isinstance(item.get("label"), str):
-            _check_same_shape(item["image"], item["label"])
-    return items
+        report_problem(json_path, MISSING, "the datalist file does not exist")
+        return []
+    try:
+        items = load_decathlon_datalist(json_path, is_segmentation=True, data_list_key=key)
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        report_problem(json_path, LISTING, f"cannot read its '{key}' list: {error}")
+        return []
+    return check_cases(items, num_channels, MMWHS_DATASET, json_path)
 
 
-def mmwhs_cases(dataset_dir: str | os.PathLike) -> list[dict]:
+def mmwhs_cases(dataset_dir: str | os.PathLike, num_channels: int = 1) -> list[dict]:
     """Return the cases of a dataset given either as an MM-WHS folder or as a datalist JSON file.
 
     Args:
         dataset_dir: an MM-WHS folder (see :func:`find_mmwhs_cases`) or a ``.json`` datalist
             (see :func:`load_datalist`, ``"training"`` key).
+        num_channels: the images' number of channels (1 for CT).
 
     Returns:
         ``[{"image": path, "label": path}, ...]`` with absolute paths.
     """
     if str(dataset_dir).lower().endswith(".json"):
-        return load_datalist(dataset_dir)
-    return find_mmwhs_cases(dataset_dir)
+        return load_datalist(dataset_dir, num_channels=num_channels)
+    return find_mmwhs_cases(dataset_dir, num_channels)
 
 
 def kfold_split(cases: Sequence, num_folds: int = 5, fold: int = 0) -> tuple[list, list]:
@@ -163,16 +155,19 @@ def kfold_split(cases: Sequence, num_folds: int = 5, fold: int = 0) -> tuple[lis
     return cases[:start] + cases[stop:], cases[start:stop]
 
 
-def fold_datalists(dataset_dir: str | os.PathLike, fold: int = 0, num_folds: int = 5) -> dict[str, list]:
+def fold_datalists(
+    dataset_dir: str | os.PathLike, fold: int = 0, num_folds: int = 5, num_channels: int = 1
+) -> dict[str, list]:
     """Discover a dataset and split it for one cross-validation fold.
 
     Args:
         dataset_dir: an MM-WHS folder or a datalist JSON file, see :func:`mmwhs_cases`.
         fold: index of the validation fold.
         num_folds: number of folds.
+        num_channels: the images' number of channels (1 for CT).
 
     Returns:
         ``{"training": [...], "validation": [...]}``.
     """
-    train, val = kfold_split(mmwhs_cases(dataset_dir), num_folds=num_folds, fold=fold)
+    train, val = kfold_split(mmwhs_cases(dataset_dir, num_channels), num_folds=num_folds, fold=fold)
     return {"training": train, "validation": val}

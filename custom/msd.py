@@ -10,12 +10,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
-from monai.data import load_decathlon_datalist
 
 from custom.definitions import MSD_DATASET_FILE
+from custom.errors import LISTING, MISSING, report_problem
 from custom.files import natural_key
+from custom.headers import check_cases
 
 __all__ = [
     "BRATS_SPLIT",
@@ -24,6 +24,7 @@ __all__ = [
     "PaperSplit",
     "is_junk",
     "load_msd_datalist",
+    "msd_cases",
     "paper_split",
     "paper_split_datalists",
     "split_sizes",
@@ -76,46 +77,88 @@ def is_junk(path: str | os.PathLike) -> bool:
     return Path(path).name.startswith("._")
 
 
-def _dataset_file(dataset_dir: str | os.PathLike) -> tuple[Path, Path]:
-    """Return ``(dataset.json, dataset folder)`` for a task folder or a dataset JSON file."""
+def _dataset_file(dataset_dir: str | os.PathLike) -> tuple[Path, Path] | None:
+    """``(dataset.json, its folder)`` of a task folder or a dataset JSON file; ``None`` after reporting it missing."""
     path = Path(dataset_dir).expanduser()
     if not path.exists():
-        raise FileNotFoundError(f"MSD dataset folder does not exist: {path}")
+        report_problem(path, MISSING, "the MSD dataset folder does not exist")
+        return None
     json_path = path if path.is_file() else path / DATASET_FILE
     if not json_path.is_file():
-        raise FileNotFoundError(f"MSD dataset folder {path} has no {DATASET_FILE}: expected {json_path}")
+        report_problem(json_path, MISSING, f"the MSD dataset folder {path} has no {DATASET_FILE}")
+        return None
     return json_path.resolve(), json_path.resolve().parent
 
 
-def _header_shape(path: str) -> tuple[int, ...]:
-    # nib.load reads the header only; the voxel data stays on disk.
+def _read_description(json_path: Path) -> dict | None:
     try:
-        return tuple(nib.load(path).shape)
-    except Exception as error:  # nibabel raises several types for unreadable files
-        raise ValueError(f"Cannot read the image header of {path}: {error}") from error
+        description = json.loads(json_path.read_text())
+    except (OSError, ValueError) as error:
+        report_problem(json_path, LISTING, f"is not a readable JSON file: {error}")
+        return None
+    if not isinstance(description, dict):
+        report_problem(json_path, LISTING, f"holds a JSON {type(description).__name__}, not an object of lists")
+        return None
+    return description
 
 
-def _check_case(item: dict, json_path: Path, num_channels: int | None) -> None:
-    for field in ("image", "label"):
-        if field in item and not os.path.isfile(item[field]):
-            raise FileNotFoundError(f"{json_path} lists a missing {field} file: {item[field]}")
-    shape = _header_shape(item["image"])
-    if num_channels is not None:
-        channels = shape[3] if len(shape) == 4 else (1 if len(shape) == 3 else None)
-        if channels != num_channels:
-            layout = (
-                "a 3-D (X, Y, Z) volume"
-                if num_channels == 1
-                else f"a (X, Y, Z, {num_channels}) volume with the channels last, as MSD distributes them"
-            )
-            raise ValueError(f"Image {item['image']} has shape {shape}: expected {num_channels} channel(s), i.e. {layout}.")
-    if "label" in item:
-        label_shape = _header_shape(item["label"])
-        if label_shape != shape[:3]:
-            raise ValueError(
-                f"Label {item['label']} has shape {label_shape} but image {item['image']} has spatial shape "
-                f"{shape[:3]}; the label must be a 3-D map on the image's grid."
-            )
+def _entry_fault(entry, labelled: bool) -> str | None:
+    """What is wrong with one entry of a list of ``dataset.json``, or ``None``."""
+    fields = ("image", "label") if labelled else ("image",)
+    if isinstance(entry, str) and not labelled:
+        return None  # MSD's own test lists are plain paths
+    if not isinstance(entry, dict):
+        return f"is a JSON {type(entry).__name__}, not an object with {' and '.join(repr(f) for f in fields)} paths"
+    for field in fields:
+        if field not in entry:
+            return f"has no '{field}' key (its keys: {sorted(entry)})"
+        value = entry[field]
+        paths = [value] if isinstance(value, str) else value
+        if not isinstance(paths, list) or not paths or not all(isinstance(v, str) for v in paths):
+            return f"has a '{field}' that is not a path: {value!r}"
+    return None
+
+
+def _listed_cases(json_path: Path, root: Path, key: str) -> list[dict] | None:
+    """The entries of one list of ``dataset.json`` with absolute paths, each fault naming the key that is wrong;
+    ``None`` when there is no such list."""
+    description = _read_description(json_path)
+    if description is None:
+        return None
+    if key not in description:
+        report_problem(json_path, LISTING, f"has no '{key}' key (its keys: {sorted(description)})")
+        return None
+    entries = description[key]
+    if not isinstance(entries, list):
+        report_problem(json_path, LISTING, f"its '{key}' is a JSON {type(entries).__name__}, not a list of cases")
+        return None
+    labelled = key != "test"
+    cases = []
+    for index, entry in enumerate(entries):
+        fault = _entry_fault(entry, labelled)
+        if fault:
+            report_problem(json_path, LISTING, f"entry {index} of its '{key}' list {fault}")
+            continue
+        entry = {"image": entry} if isinstance(entry, str) else entry
+        case = {}
+        for field in ("image", "label"):
+            if field in entry:
+                value = entry[field]
+                case[field] = (
+                    _absolute(value, root) if isinstance(value, str) else [_absolute(v, root) for v in value]
+                )
+        cases.append(case)
+    return cases
+
+
+def _absolute(path: str, root: Path) -> str:
+    # As monai.data.load_decathlon_datalist resolves a datalist's paths against its base_dir.
+    return os.path.normpath(os.path.join(root, path))
+
+
+def _dataset_name(description: dict | None, root: Path) -> str:
+    name = description.get("name") if description else None
+    return str(name) if isinstance(name, str) and name else root.name
 
 
 def load_msd_datalist(
@@ -123,8 +166,9 @@ def load_msd_datalist(
 ) -> list[dict[str, str]]:
     """Read one list of an MSD ``dataset.json``, drop macOS junk entries and check every listed file.
 
-    Only the header of each file is read: the files exist, an image has ``num_channels`` channels
-    (last axis, as MSD stores them) and a label is a 3-D map on its image's grid.
+    Only the header of each file is read (:func:`custom.headers.check_cases`): the files exist and are listed
+    once, an image has ``num_channels`` channels (last axis, as MSD stores them) and a label is a 3-D map on its
+    image's grid.
 
     Args:
         dataset_dir: the task folder holding ``dataset.json`` (e.g. ``Task01_BrainTumour/``), or the JSON file.
@@ -133,29 +177,46 @@ def load_msd_datalist(
 
     Returns:
         ``[{"image": path, "label": path}, ...]`` (no ``label`` for ``"test"``) with absolute paths,
-        in the order of ``dataset.json``.
+        in the order of ``dataset.json``; while problems are collected (:func:`custom.errors.collecting_problems`),
+        the cases whose files can be read.
 
     Raises:
-        FileNotFoundError: the folder, its ``dataset.json`` or a listed file does not exist.
-        ValueError: ``key`` is missing from ``dataset.json`` or lists nothing, a header cannot be read,
-            an image has the wrong number of channels, or a label does not match its image's shape.
+        MissingDataError: the folder, its ``dataset.json`` or a listed file does not exist.
+        DataError: ``dataset.json`` is not JSON, ``key`` is missing, not a list or lists nothing, an entry lacks
+            its ``image`` (or, but for ``"test"``, ``label``) key, a header cannot be read, an image has the
+            wrong number of channels, or a label is off its image's grid; the message names the key at fault.
     """
-    json_path, root = _dataset_file(dataset_dir)
-    try:
-        items = load_decathlon_datalist(json_path, is_segmentation=True, data_list_key=key, base_dir=root)
-    except ValueError as error:
-        raise ValueError(f"Cannot read the '{key}' list of {json_path}: {error}") from error
+    located = _dataset_file(dataset_dir)
+    if located is None:
+        return []
+    json_path, root = located
+    listed = _listed_cases(json_path, root, key)
+    if listed is None:
+        return []
     kept = []
-    for item in items:
-        junk = [item[f] for f in ("image", "label") if f in item and is_junk(item[f])]
+    for case in listed:
+        junk = [case[f] for f in ("image", "label") if isinstance(case.get(f), str) and is_junk(case[f])]
         if junk:
             logger.warning(f"Skipping the macOS metadata file {junk[0]} listed in {json_path}.")
             continue
-        _check_case(item, json_path, num_channels)
-        kept.append({f: item[f] for f in ("image", "label") if f in item})
+        kept.append(case)
     if not kept:
-        raise ValueError(f"The '{key}' list of {json_path} holds no cases.")
-    return kept
+        report_problem(json_path, LISTING, f"its '{key}' list holds no cases")
+    dataset = _dataset_name(_read_description(json_path), root)
+    return check_cases(kept, num_channels, dataset, json_path)
+
+
+def msd_cases(dataset_dir: str | os.PathLike, num_channels: int | None = None) -> list[dict[str, str]]:
+    """Every case an MSD task lists, checked from the headers: its labelled ``training`` cases, then its ``test``
+    images when it lists any. See :func:`load_msd_datalist`."""
+    located = _dataset_file(dataset_dir)
+    description = _read_description(located[0]) if located else None
+    if description is None:
+        return []
+    cases = load_msd_datalist(dataset_dir, "training", num_channels)
+    if description.get("test"):
+        cases += load_msd_datalist(dataset_dir, "test", num_channels)
+    return cases
 
 
 def split_sizes(num_cases: int, rule: PaperSplit = BRATS_SPLIT) -> tuple[int, int, int]:
@@ -241,10 +302,7 @@ def paper_split_datalists(
             this dataset's cases or was made with another seed.
     """
     cases = load_msd_datalist(dataset_dir, "training", num_channels)
-    json_path, root = _dataset_file(dataset_dir)
-    unlabelled = [case["image"] for case in cases if "label" not in case]
-    if unlabelled:
-        raise ValueError(f"Training case {unlabelled[0]} of {json_path} has no label.")
+    _, root = _dataset_file(dataset_dir)
     by_name = {_relative(case["image"], root): case for case in cases}
     target = Path(datalist_file).expanduser()
     if target.exists():

@@ -25,3 +25,13 @@ def mmwhs_dataset(tmp_path_factory) -> Path:
     data_dir = tmp_path_factory.mktemp("mmwhs")
     make_mmwhs(data_dir, cases=5, seed=3)
     return data_dir
+
+
+@pytest.fixture(scope="session")
+def mmwhs_fault_source(tmp_path_factory) -> Path:
+    """The clean synthetic MM-WHS dataset that ``tests.helpers.DATA_FAULTS`` break, read-only: copy it first."""
+    from tests.helpers import BAD_MMWHS_CASES
+
+    data_dir = tmp_path_factory.mktemp("mmwhs_faults")
+    make_mmwhs(data_dir, cases=BAD_MMWHS_CASES, seed=3)
+    return data_dir

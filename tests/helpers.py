@@ -7,10 +7,13 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from unittest import mock
 
+import nibabel as nib
+import numpy as np
 import pytest
 import torch
 from monai.bundle import ConfigParser, ConfigWorkflow
@@ -20,7 +23,10 @@ from monai.networks.nets import UNETR
 from custom.definitions import TERM_NAMES
 
 __all__ = [
+    "BAD_MMWHS_CASES",
+    "DATA_FAULTS",
     "BRATS_BUNDLE",
+    "DataFault",
     "HIPPOCAMPUS_BUNDLE",
     "MMWHS_BUNDLE",
     "ROOT",
@@ -30,6 +36,7 @@ __all__ = [
     "assert_exports_match_checkpoint",
     "assert_inference_needs_no_custom_code",
     "assert_plain_unetr_training_outputs",
+    "break_mmwhs_dataset",
     "cli_overrides",
     "error_chain",
     "run_cli",
@@ -199,27 +206,53 @@ def tiny_network(bundle: Path) -> torch.nn.Module:
     return parser.get_parsed_content("network_def")
 
 
+#: The switch of every part of inference.json that uses this repository's code.
+_OFF_WITHOUT_CUSTOM = "$importlib.util.find_spec('custom') is None"
+
+
+def _custom_parts(config: Any) -> list[dict]:
+    """The components of a config whose ``_target_`` is this repository's code; asserts nothing else names it."""
+    parts = []
+    if isinstance(config, dict):
+        if str(config.get("_target_", "")).startswith("custom."):
+            parts.append(config)
+        for key, value in config.items():
+            if key not in ("_target_", "_disabled_", "_desc_"):
+                parts += _custom_parts(value)
+    elif isinstance(config, list):
+        for item in config:
+            parts += _custom_parts(item)
+    else:
+        assert "custom" not in str(config), f"inference.json needs this repository's code in {config!r}"
+    return parts
+
+
 def assert_inference_needs_no_custom_code(inference_config: Path) -> None:
-    """``inference.json`` uses this repository's code only for its progress log, off where ``custom`` is absent.
+    """``inference.json`` uses this repository's code only in parts that are off where ``custom`` is absent: the
+    progress log, the loader that names a file it cannot read, and the NaN check; MONAI's loader stands in then.
 
-    The rest of the config must not name ``custom``; its handlers resolve with and without ``custom`` importable.
+    Its handlers and pre-processing resolve with and without ``custom`` importable.
     """
-    inference = json.loads(inference_config.read_text())
-    optional = [h for h in inference["handlers"] if "custom" in json.dumps(h)]
-    assert [h["_target_"] for h in optional] == ["custom.progress.ProgressLogger"]
-    required = {**inference, "handlers": [h for h in inference["handlers"] if h not in optional]}
-    assert "custom" not in json.dumps(required)
+    optional = _custom_parts(json.loads(inference_config.read_text()))
+    assert sorted(part["_target_"] for part in optional) == [
+        "custom.progress.ProgressLogger", "custom.transforms.CheckFinited", "custom.transforms.LoadImageNamedd"
+    ]  # fmt: skip
+    assert all(part["_disabled_"] == _OFF_WITHOUT_CUSTOM for part in optional)
 
-    def handler_types() -> list[str]:
+    def resolved_types(config_id: str) -> list[str]:
         parser = ConfigParser()
         parser.read_config(str(inference_config))
         for key in TINY_NETWORK_KEYS:
             parser[key] = TINY_UNETR[key]
-        return [type(h).__name__ for h in parser.get_parsed_content("handlers")]
+        parsed = parser.get_parsed_content(config_id)
+        return [type(part).__name__ for part in getattr(parsed, "transforms", parsed)]
 
-    assert handler_types()[-1] == "ProgressLogger"
+    assert resolved_types("handlers")[-1] == "ProgressLogger"
+    assert resolved_types("preprocessing")[:2] == ["LoadImageNamedd", "CheckFinited"]
     with mock.patch.dict(sys.modules, {"custom": None}):  # as if not installed: find_spec gives None
-        assert "ProgressLogger" not in handler_types()
+        assert "ProgressLogger" not in resolved_types("handlers")
+        assert resolved_types("preprocessing")[0] == "LoadImaged"
+        assert "CheckFinited" not in resolved_types("preprocessing")
 
 
 def assert_exports_match_checkpoint(bundle: Path) -> None:
@@ -273,3 +306,135 @@ def error_chain(error: BaseException | None) -> str:
         messages.append(str(error))
         error = error.__cause__ or error.__context__
     return "\n".join(messages)
+
+
+# --- a synthetic MM-WHS dataset with one fault per case -----------------------------------------------------------
+
+#: Cases of the synthetic MM-WHS dataset that :data:`DATA_FAULTS` break, one case each; fold 0 validates on 1001-1003.
+BAD_MMWHS_CASES = 12
+
+
+def _case_file(data_dir: Path, case: int, part: str) -> Path:
+    return data_dir / f"ct_train_{case}_{part}.nii.gz"
+
+
+def _rewrite_nifti(path: Path, data=None, affine=None) -> None:
+    image = nib.load(path)
+    array = np.asarray(image.dataobj) if data is None else data(np.asarray(image.dataobj))
+    nib.save(nib.Nifti1Image(array, image.affine if affine is None else affine(image.affine.copy())), path)
+
+
+def _with_nan(data: np.ndarray) -> np.ndarray:
+    data = data.astype(np.float32)
+    data[5, 5, 5] = np.nan
+    return data
+
+
+def _truncate(path: Path) -> None:
+    content = path.read_bytes()
+    path.write_bytes(content[: len(content) // 2])  # a broken download: the gzip stream ends early
+
+
+def _with_code(data: np.ndarray) -> np.ndarray:
+    data = data.copy()
+    data[:2, :2, :2] = 123
+    return data
+
+
+def _scale_spacing(factor: float) -> Callable[[np.ndarray], np.ndarray]:
+    return lambda affine: affine * [factor, factor, factor, 1]
+
+
+def _flip_first_axis(affine: np.ndarray) -> np.ndarray:
+    affine[:3, 0] *= -1
+    return affine
+
+
+def _copy_case(data_dir: Path, source: int, target: int, parts=("image", "label")) -> None:
+    for part in parts:
+        shutil.copy(_case_file(data_dir, source, part), _case_file(data_dir, target, part))
+
+
+@dataclass(frozen=True)
+class DataFault:
+    """One fault in a case of a synthetic MM-WHS dataset of :data:`BAD_MMWHS_CASES` cases.
+
+    Attributes:
+        name: the test id.
+        make: breaks the dataset folder it is given.
+        file: the file at fault.
+        fault: its fault in ``dsd-check-data``'s table (``warning: ...`` for a warning).
+        training: how training meets it: ``"cli"`` (the literal command, for the faults that used to abort it),
+            ``"in-process"``, or ``None`` when training runs on (the dataset check alone reports it).
+        message: a part of the message that training ends with.
+    """
+
+    name: str
+    make: Callable[[Path], None]
+    file: str
+    fault: str
+    training: str | None = None
+    message: str = ""
+
+
+DATA_FAULTS: tuple[DataFault, ...] = (
+    DataFault(
+        "nan-voxel", lambda d: _rewrite_nifti(_case_file(d, 1004, "image"), data=_with_nan),
+        "ct_train_1004_image.nii.gz", "NaN/Inf", "cli", "1 NaN/Inf voxel(s)",
+    ),
+    DataFault(
+        "truncated-gzip", lambda d: _truncate(_case_file(d, 1005, "image")),
+        "ct_train_1005_image.nii.gz", "unreadable", "cli", "truncated",
+    ),
+    DataFault(
+        "4d-image", lambda d: _rewrite_nifti(_case_file(d, 1006, "image"), data=lambda a: np.stack([a, a], -1)),
+        "ct_train_1006_image.nii.gz", "channels", "cli", "this volume has 2 channels; MM-WHS CT has 1",
+    ),
+    DataFault(
+        "not-nifti", lambda d: _case_file(d, 1007, "image").write_bytes(b"<html>404 Not Found</html>"),
+        "ct_train_1007_image.nii.gz", "unreadable", "in-process", "cannot read the image header",
+    ),
+    DataFault(
+        "unknown-label-code", lambda d: _rewrite_nifti(_case_file(d, 1008, "label"), data=_with_code),
+        "ct_train_1008_label.nii.gz", "label codes", "in-process", "123 (8 voxels)",
+    ),
+    DataFault(
+        "shape-mismatch", lambda d: _rewrite_nifti(_case_file(d, 1009, "label"), data=lambda a: a[:-1]),
+        "ct_train_1009_label.nii.gz", "shape", "in-process", "image/label shape mismatch",
+    ),
+    DataFault(
+        "spacing-mismatch", lambda d: _rewrite_nifti(_case_file(d, 1010, "label"), affine=_scale_spacing(1.5)),
+        "ct_train_1010_label.nii.gz", "spacing", "in-process", "voxel spacing",
+    ),
+    DataFault(
+        "orientation-mismatch", lambda d: _rewrite_nifti(_case_file(d, 1011, "label"), affine=_flip_first_axis),
+        "ct_train_1011_label.nii.gz", "orientation", "in-process", "orientation",
+    ),
+    DataFault(
+        "missing-label", lambda d: _copy_case(d, 1003, 1014, parts=("image",)),
+        "ct_train_1014_image.nii.gz", "missing file", "in-process", "has no label",
+    ),
+    DataFault(
+        "empty-label", lambda d: _rewrite_nifti(_case_file(d, 1001, "label"), data=np.zeros_like),
+        "ct_train_1001_label.nii.gz", "empty label",
+    ),
+    DataFault("duplicate-case", lambda d: _copy_case(d, 1002, 1013), "ct_train_1013_image.nii.gz", "duplicate"),
+    DataFault(
+        "spacing-outlier",
+        lambda d: [_rewrite_nifti(_case_file(d, 1012, p), affine=_scale_spacing(4)) for p in ("image", "label")],
+        "ct_train_1012_image.nii.gz", "warning: spacing outlier",
+    ),
+    DataFault(
+        "intensity-outlier",
+        lambda d: _rewrite_nifti(_case_file(d, 1003, "image"), data=lambda a: (a / 4095.0).astype(np.float32)),
+        "ct_train_1003_image.nii.gz", "warning: intensity outlier",
+    ),
+)  # fmt: skip
+
+
+def break_mmwhs_dataset(source: Path, data_dir: Path, faults: Sequence[DataFault]) -> Path:
+    """Copy the synthetic MM-WHS dataset ``source`` to ``data_dir`` and make the ``faults`` in the copy."""
+    shutil.copytree(source, data_dir)
+    for fault in faults:
+        fault.make(data_dir)
+    return data_dir

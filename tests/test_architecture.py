@@ -23,6 +23,7 @@ OWN_VALUES: dict[str, dict[str, str]] = {
     "train.json": {
         "dataset_dir": "each dataset's default location",
         "datalist": "MM-WHS is split into folds, MSD tasks by the paper's fixed split",
+        "dataset_cases": "every case as dsd-check-data reads it: an MM-WHS folder, or an MSD task's dataset.json",
         "fold": "cross-validation exists for MM-WHS only",
         "num_folds": "cross-validation exists for MM-WHS only",
         "datalist_file": "the recorded fixed split of MSD tasks",

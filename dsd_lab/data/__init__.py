@@ -1,1 +1,1 @@
-"""Data tools: synthetic datasets in the real layouts."""
+"""Data tools: synthetic datasets in the real layouts, and the check of a real dataset before a long run."""

@@ -202,7 +202,7 @@ def _break_missing_file(data_dir: Path) -> tuple[str, ...]:
 def _break_4d_image(data_dir: Path) -> tuple[str, ...]:
     image = _training_case(data_dir)[0]
     _rewrite(image, lambda data: np.stack([data, data], axis=-1))
-    return (f"imagesTr/{image.name}", "expected 1 channel", "3-D")
+    return (f"imagesTr/{image.name}", "this volume has 2 channels", "has 1", "3-D")
 
 
 def _break_label_code(data_dir: Path) -> tuple[str, ...]:

@@ -16,7 +16,6 @@ from custom.definitions import MMWHS_LABEL_CODES
 from tests.helpers import MMWHS_BUNDLE as BUNDLE_DIR
 from tests.helpers import (
     TINY_UNETR,
-    assert_bad_input_fails_clearly,
     assert_exports_match_checkpoint,
     assert_inference_needs_no_custom_code,
     assert_plain_unetr_training_outputs,
@@ -119,75 +118,6 @@ def test_inference_config_needs_no_custom_code_and_matches_training_network():
     assert_inference_needs_no_custom_code(CONFIGS / "inference.json")
     assert inference["network_def"] == train["network_def"]
     assert inference["label_codes"] == [0, *MMWHS_LABEL_CODES]
-
-
-def _train_in_process(tmp_path: Path, dataset_dir: Path) -> None:
-    workflow = ConfigWorkflow(
-        config_file=str(CONFIGS / "train.json"),
-        workflow_type="train",
-        bundle_root=str(tmp_path),
-        dataset_dir=str(dataset_dir),
-        max_epochs=1,
-        **{**TINY_UNETR, "cache_rate": 1.0},
-    )
-    workflow.initialize()
-    workflow.run()
-
-
-def _case_pair(data_dir: Path, case: int) -> tuple[Path, Path]:
-    return data_dir / f"ct_train_{case}_image.nii.gz", data_dir / f"ct_train_{case}_label.nii.gz"
-
-
-def _break_missing_dir(data_dir: Path) -> tuple[str, ...]:
-    shutil.rmtree(data_dir)
-    return (str(data_dir),)
-
-
-def _break_empty_dir(data_dir: Path) -> tuple[str, ...]:
-    for path in data_dir.iterdir():
-        path.unlink()
-    return (str(data_dir),)
-
-
-def _break_missing_label(data_dir: Path) -> tuple[str, ...]:
-    _case_pair(data_dir, 1002)[1].unlink()
-    return ("ct_train_1002_image.nii.gz",)
-
-
-def _break_shape(data_dir: Path) -> tuple[str, ...]:
-    label = _case_pair(data_dir, 1003)[1]
-    image = nib.load(label)
-    nib.save(nib.Nifti1Image(np.asarray(image.dataobj)[:-1], image.affine), label)
-    return ("ct_train_1003_image.nii.gz", "ct_train_1003_label.nii.gz")
-
-
-def _break_label_code(data_dir: Path) -> tuple[str, ...]:
-    label = _case_pair(data_dir, 1004)[1]
-    image = nib.load(label)
-    data = np.asarray(image.dataobj).copy()
-    data[tuple(s // 2 for s in data.shape)] = 123
-    nib.save(nib.Nifti1Image(data, image.affine), label)
-    return (label.name, "123")
-
-
-@pytest.mark.parametrize(
-    "break_dataset",
-    [
-        pytest.param(_break_missing_dir, id="missing-dir"),
-        pytest.param(_break_empty_dir, id="empty-dir"),
-        pytest.param(_break_missing_label, id="image-without-label"),
-        pytest.param(_break_shape, id="shape-mismatch"),
-        pytest.param(_break_label_code, id="unknown-label-code"),
-    ],
-)
-def test_bad_input_fails_clearly_and_keeps_existing_checkpoints(tmp_path, mmwhs_dataset, break_dataset):
-    data_dir = tmp_path / "data"
-    shutil.copytree(mmwhs_dataset, data_dir)
-    expected_parts = break_dataset(data_dir)
-    models = tmp_path / "models"
-    models.mkdir()
-    (models / "model.pt").write_bytes(b"earlier checkpoint")
-    assert_bad_input_fails_clearly(lambda: _train_in_process(tmp_path, data_dir), expected_parts, models)
 
 
 def test_onnx_export_of_the_trained_network(trained_bundle):

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from custom.definitions import MMWHS_BACKGROUND_CODES, MMWHS_CLASS_NAMES, MMWHS_LABEL_CODES
+from custom.errors import DataError
 from custom.mmwhs import (
     find_mmwhs_cases,
     fold_datalists,
@@ -85,7 +86,7 @@ def test_find_mmwhs_cases_missing_dir(tmp_path):
 
 def test_find_mmwhs_cases_not_a_dir(tmp_path):
     path = _write(tmp_path / "ct_train_1001_image.nii.gz")
-    with pytest.raises(NotADirectoryError, match="ct_train_1001_image"):
+    with pytest.raises(DataError, match="ct_train_1001_image.*not a folder"):
         find_mmwhs_cases(path)
 
 
@@ -149,7 +150,7 @@ def test_load_datalist_shape_mismatch(tmp_path):
     _write(tmp_path / "a.nii.gz", (4, 4, 4))
     _write(tmp_path / "b.nii.gz", (4, 4, 5))
     datalist = _write_datalist(tmp_path / "datalist.json", [{"image": "a.nii.gz", "label": "b.nii.gz"}])
-    with pytest.raises(ValueError, match="a.nii.gz.*b.nii.gz"):
+    with pytest.raises(ValueError, match="b.nii.gz: image/label shape mismatch.*a.nii.gz"):
         load_datalist(datalist)
 
 
@@ -167,3 +168,10 @@ def test_fold_datalists(tmp_path):
     ]
     everything = sorted(c["image"] for c in split["training"] + split["validation"])
     assert len(split["training"]) == 5 and everything == [c["image"] for c in mmwhs_cases(root)]
+
+
+def test_a_4d_image_names_its_channels(tmp_path):
+    root = _make_dataset(tmp_path)
+    _write(root / "ct_train_1002_image.nii.gz", shape=(4, 5, 3, 2))
+    with pytest.raises(DataError, match=r"ct_train_1002_image.nii.gz: this volume has 2 channels; MM-WHS CT has 1"):
+        find_mmwhs_cases(root)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import nibabel as nib
@@ -8,7 +9,15 @@ import numpy as np
 import pytest
 from monai.data import load_decathlon_datalist
 
-from custom.msd import HIPPOCAMPUS_SPLIT, load_msd_datalist, paper_split, paper_split_datalists, split_sizes
+from custom.errors import DataError, collecting_problems
+from custom.msd import (
+    HIPPOCAMPUS_SPLIT,
+    load_msd_datalist,
+    msd_cases,
+    paper_split,
+    paper_split_datalists,
+    split_sizes,
+)
 
 
 def _save(data: np.ndarray, path: Path) -> None:
@@ -214,7 +223,8 @@ def test_hippocampus_split_sizes_follow_the_authors_rule(num_cases, sizes):
 
 def test_a_single_channel_task_refuses_a_4d_image_naming_its_channels(tmp_path):
     root = _write_task(tmp_path / "task", cases=3, channels=2)
-    with pytest.raises(ValueError, match=r"BRATS_001.nii.gz has shape \(4, 5, 3, 2\): expected 1 channel\(s\), i.e. a 3-D"):
+    expected = r"BRATS_001.nii.gz: this volume has 2 channels; BRATS has 1 \(shape \(4, 5, 3, 2\)"
+    with pytest.raises(ValueError, match=expected):
         load_msd_datalist(root, num_channels=1)
 
 
@@ -224,3 +234,64 @@ def test_the_written_split_describes_its_rule(tmp_path):
     description = json.loads((tmp_path / "datalist.json").read_text())["description"]
     assert description.startswith("The DSD authors' MSD Task04 split: the last 2 of 7 cases")
     assert "170 / 30 / 60 for the full 260" in description
+
+
+def _no_training_key(description: dict) -> str:
+    del description["training"]
+    return "has no 'training' key"
+
+
+def _training_not_a_list(description: dict) -> str:
+    description["training"] = {"image": "./imagesTr/BRATS_001.nii.gz"}
+    return "its 'training' is a JSON dict, not a list of cases"
+
+
+def _entry_without_label(description: dict) -> str:
+    del description["training"][1]["label"]
+    return "entry 1 of its 'training' list has no 'label' key"
+
+
+def _entry_not_an_object(description: dict) -> str:
+    description["training"][2] = "./imagesTr/BRATS_001.nii.gz"
+    return "entry 2 of its 'training' list is a JSON str"
+
+
+def _label_not_a_path(description: dict) -> str:
+    description["training"][0]["label"] = 7
+    return "entry 0 of its 'training' list has a 'label' that is not a path"
+
+
+@pytest.mark.parametrize(
+    "edit", [_no_training_key, _training_not_a_list, _entry_without_label, _entry_not_an_object, _label_not_a_path]
+)
+def test_a_wrong_dataset_json_names_the_key_at_fault(tmp_path, edit):
+    root = _write_task(tmp_path / "task", cases=3)
+    description = json.loads((root / "dataset.json").read_text())
+    expected = edit(description)
+    (root / "dataset.json").write_text(json.dumps(description))
+    with pytest.raises(DataError, match=re.escape(f"{root / 'dataset.json'}: {expected}")):
+        load_msd_datalist(root, num_channels=4)
+
+
+def test_the_dataset_check_collects_every_fault_of_a_task(tmp_path):
+    root = _write_task(tmp_path / "task", cases=4)
+    description = json.loads((root / "dataset.json").read_text())
+    twice = dict(description["training"][0])
+    description["training"].append(twice)
+    description["test"] = ["./imagesTr/BRATS_004.nii.gz", {"label": "./labelsTr/BRATS_004.nii.gz"}]
+    (root / "dataset.json").write_text(json.dumps(description))
+    (root / "labelsTr" / "BRATS_002.nii.gz").unlink()
+    _save(np.zeros((4, 5, 3, 3), np.float32), root / "imagesTr" / "BRATS_003.nii.gz")
+    with collecting_problems() as problems:
+        cases = msd_cases(root, num_channels=4)
+    assert sorted((str(Path(p.file).relative_to(root)), p.fault) for p in problems) == sorted([
+        (twice["image"][2:], "duplicate"),
+        ("labelsTr/BRATS_002.nii.gz", "missing file"),
+        ("imagesTr/BRATS_003.nii.gz", "channels"),
+        ("dataset.json", "listing"),  # the test entry without an image
+    ])  # fmt: skip
+    # Read in full all the same: BRATS_001, BRATS_003 (its other faults are worth finding) and BRATS_004, then
+    # the test image; BRATS_002 has no label to read.
+    assert sorted(Path(c["image"]).name for c in cases) == ["BRATS_001.nii.gz", "BRATS_003.nii.gz"] + [
+        "BRATS_004.nii.gz"
+    ] * 2

@@ -8,7 +8,8 @@ from monai.data import MetaTensor
 from monai.transforms import LoadImaged
 
 from custom.definitions import MMWHS_LABEL_CODES
-from custom.transforms import CheckFinited, MapLabelCodesd, mmwhs_label_transform
+from custom.errors import DataError
+from custom.transforms import CheckFinited, LoadImageNamed, LoadImageNamedd, MapLabelCodesd, mmwhs_label_transform
 
 _CODES = [0, 205, 420, 500, 550, 600, 820, 850, 421]
 _EXPECTED = [0, 1, 2, 3, 4, 5, 6, 7, 0]
@@ -53,8 +54,8 @@ def test_float_labels_with_rounding_noise():
 
 @pytest.mark.parametrize("kind, source", [("meta_float32", "ct_train_1001_label.nii.gz"), ("numpy_int16", "label")])
 def test_unknown_code_names_file_and_code(kind, source):
-    label = _label([0, 205, 123, 500, 0, 0, 0, 0, 0], kind)
-    with pytest.raises(ValueError, match="123") as err:
+    label = _label([0, 205, 123, 500, 0, 0, 123, 0, 0], kind)
+    with pytest.raises(DataError, match=r"unknown label code\(s\) 123 \(2 voxels\)") as err:
         mmwhs_label_transform()({"label": label})
     assert source in str(err.value)
 
@@ -96,3 +97,38 @@ def test_check_finite_raises(bad):
 @pytest.mark.parametrize("image", [np.zeros((2, 2), np.float32), np.zeros((2, 2), np.int16), torch.ones(2, 2)])
 def test_check_finite_passes(image):
     assert CheckFinited("image")({"image": image})["image"] is image
+
+
+def _truncated(path):
+    nib.save(nib.Nifti1Image(np.arange(4096, dtype=np.float32).reshape(16, 16, 16), np.eye(4)), path)
+    content = path.read_bytes()
+    path.write_bytes(content[: len(content) // 2])
+
+
+def _not_nifti(path):
+    path.write_bytes(b"<html>404 Not Found</html>")
+
+
+@pytest.mark.parametrize(
+    "spoil, reason",
+    [(_truncated, "the file is truncated or its compressed data is corrupt"), (_not_nifti, "ImageFileError")],
+)
+def test_a_file_that_cannot_be_read_is_named_with_the_reason(tmp_path, spoil, reason):
+    path = tmp_path / "ct_train_1001_image.nii.gz"
+    spoil(path)
+    for load in (lambda: LoadImageNamedd("image", ensure_channel_first=True)({"image": str(path)}),
+                 lambda: LoadImageNamed(image_only=True)(str(path))):  # fmt: skip
+        with pytest.raises(DataError, match=f"^{path}: cannot read the image: .*{reason}") as raised:
+            load()
+        assert raised.value.problem.fault == "unreadable"
+
+
+def test_the_named_loader_loads_as_monai_does(tmp_path):
+    path = tmp_path / "image.nii.gz"
+    nib.save(nib.Nifti1Image(np.arange(24, dtype=np.int16).reshape(2, 3, 4), np.diag([2.0, 1.0, 1.0, 1.0])), path)
+    ours = LoadImageNamedd("image", ensure_channel_first=True)({"image": str(path)})["image"]
+    monai = LoadImaged("image", ensure_channel_first=True)({"image": str(path)})["image"]
+    torch.testing.assert_close(ours.as_tensor(), monai.as_tensor())
+    torch.testing.assert_close(ours.affine, monai.affine)
+    with pytest.raises(ValueError, match="image_only"):
+        LoadImageNamedd("image", image_only=False)
