@@ -15,6 +15,7 @@ __all__ = [
     "checkpoint",
     "definitions",
     "distributed",
+    "emkd",
     "files",
     "flags",
     "losses",
@@ -23,6 +24,7 @@ __all__ = [
     "msd",
     "networks",
     "progress",
+    "teacher",
     "transforms",
 ]
 
