@@ -71,7 +71,7 @@ def test_the_student_file_is_the_strategys_student_and_needs_no_custom_code():
         assert key in train and key in inference
 
 
-# ---- training, evaluation and resuming in-process ----------------------------------------------------------------
+# ---- training in-process, then the literal evaluation command and MONAI-only inference --------------------------
 
 
 @pytest.fixture(scope="module")
@@ -83,11 +83,11 @@ def teacher_ckpt(tmp_path_factory) -> Path:
     return path
 
 
-def _workflow(run_dir: Path, dataset_dir: Path, teacher_ckpt: Path, files=("train.json", STRATEGY), **overrides):
+def _workflow(bundle_root: Path, dataset_dir: Path, files=("train.json", STRATEGY), **overrides) -> ConfigWorkflow:
+    """An initialised training of the MM-WHS bundle's configs with the tiny teacher; its outputs in ``bundle_root``."""
     settings = {
         **TINY_UNETR,
         "dataset_dir": str(dataset_dir),
-        "teacher_ckpt": str(teacher_ckpt),
         "teacher_configs": _configs(MMWHS_BUNDLE, "train.json"),
         "teacher_overrides": TEACHER_SHAPE,
         "max_epochs": 1,
@@ -95,17 +95,32 @@ def _workflow(run_dir: Path, dataset_dir: Path, teacher_ckpt: Path, files=("trai
         "num_samples": 1,
         **overrides,
     }
-    workflow_type = "train" if "evaluate.json" not in files else "eval"
-    run_id = "training" if workflow_type == "train" else "evaluating"
     workflow = ConfigWorkflow(
-        config_file=_configs(MMWHS_BUNDLE, *files),
-        workflow_type=workflow_type,
-        run_id=run_id,
-        bundle_root=str(run_dir),
-        **settings,
+        config_file=_configs(MMWHS_BUNDLE, *files), workflow_type="train", bundle_root=str(bundle_root), **settings
     )
     workflow.initialize()
     return workflow
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, mmwhs_dataset, teacher_ckpt) -> tuple[Path, ConfigWorkflow]:
+    """A copy of the bundle with the teacher at the default ``models/teacher/model.pt``, its student trained one epoch
+    by its own configs (the default ``teacher_configs``)."""
+    bundle = tmp_path_factory.mktemp("emkd") / MMWHS_BUNDLE.name
+    shutil.copytree(MMWHS_BUNDLE, bundle, ignore=shutil.ignore_patterns("models", "eval"))
+    (bundle / "models" / "teacher").mkdir(parents=True)
+    shutil.copy(teacher_ckpt, bundle / "models" / "teacher" / "model.pt")
+    settings = {**TINY_UNETR, "max_epochs": 1, "val_interval": 1, "num_samples": 1, "teacher_overrides": TEACHER_SHAPE}
+    workflow = ConfigWorkflow(
+        config_file=_configs(bundle, "train.json", STRATEGY),
+        workflow_type="train",
+        bundle_root=str(bundle),
+        dataset_dir=str(mmwhs_dataset),
+        **settings,
+    )
+    workflow.initialize()
+    workflow.run()
+    return bundle, workflow
 
 
 def _scalars(log_dir: Path) -> dict[str, list[float]]:
@@ -118,11 +133,9 @@ def _scalars(log_dir: Path) -> dict[str, list[float]]:
     return scalars
 
 
-def test_training_saves_the_plain_student_logs_every_term_and_resumes(tmp_path, mmwhs_dataset, teacher_ckpt):
-    run_dir = tmp_path / "run"
-    workflow = _workflow(run_dir, mmwhs_dataset, teacher_ckpt)
-    workflow.run()
-
+def test_training_saves_the_plain_student_and_logs_every_term(trained, teacher_ckpt):
+    bundle, workflow = trained
+    assert sorted(p.name for p in (bundle / "models").iterdir()) == ["model.pt", "model_final.pt", "resume.pt", "teacher"]
     teacher = workflow.parser.get_parsed_content("teacher")
     saved = torch.load(teacher_ckpt, weights_only=True)
     assert all(torch.equal(v, saved[k]) for k, v in teacher.state_dict().items())  # frozen through training
@@ -132,12 +145,12 @@ def test_training_saves_the_plain_student_logs_every_term_and_resumes(tmp_path, 
     assert optimized == {id(p) for p in student.parameters()}
 
     for name in ("model.pt", "model_final.pt"):  # the plain student, loaded by MONAI alone
-        _student(MMWHS_BUNDLE).load_state_dict(torch.load(run_dir / "models" / name, weights_only=True), strict=True)
-    resume = torch.load(run_dir / "models" / "resume.pt", weights_only=True)
+        _student(bundle).load_state_dict(torch.load(bundle / "models" / name, weights_only=True), strict=True)
+    resume = torch.load(bundle / "models" / "resume.pt", weights_only=True)
     assert set(resume["network"]) == {f"student.{key}" for key in student.state_dict()}
     assert len(resume["optimizer"]["state"]) == len(list(student.parameters()))
 
-    scalars = _scalars(run_dir / "eval")
+    scalars = _scalars(bundle / "eval")
     iterations = len(scalars["train_loss/total"])
     assert iterations > 0
     for term in TERMS:  # per iteration and the epoch mean, as the DSD terms
@@ -146,15 +159,41 @@ def test_training_saves_the_plain_student_logs_every_term_and_resumes(tmp_path, 
     assert all(scalars[f"train_{term}"][0] > 0 for term in TERMS)
     assert "val_mean_dice" in scalars
 
-    resumed = _workflow(run_dir, mmwhs_dataset, teacher_ckpt, max_epochs=2, resume=True)
-    resumed.run()
-    assert resumed.trainer.state.epoch == 2
-    assert len(_scalars(run_dir / "eval")["train_loss/total"]) == 2 * iterations
 
-    # evaluation of the student needs no teacher: its checkpoint may be gone
-    evaluation = _workflow(run_dir, mmwhs_dataset, tmp_path / "gone.pt", files=("train.json", "evaluate.json", STRATEGY))
-    evaluation.run()
-    assert (run_dir / "eval" / "val_mean_dice_summary.csv").is_file()
+def test_cli_evaluates_the_student_without_the_teacher(trained, mmwhs_dataset, tmp_path):
+    bundle, _ = trained
+    output_dir = tmp_path / "eval"
+    # the teacher is not needed: its default checkpoint does not exist in this folder
+    evaluate = ["evaluating", "--config_file", "['configs/train.json','configs/evaluate.json','configs/strategy_emkd.json']"]
+    evaluate += ["--output_dir", str(output_dir), "--teacher_ckpt", str(tmp_path / "gone.pt")]
+    run_cli(evaluate + cli_overrides(mmwhs_dataset), cwd=bundle, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    with open(output_dir / "val_mean_dice_raw.csv") as f:
+        assert len(f.read().splitlines()) == 2  # header and the validation case of fold 0
+
+
+def test_the_student_infers_with_monai_alone(trained, mmwhs_dataset, tmp_path):
+    bundle, _ = trained
+    output_dir = tmp_path / "predictions"
+    image = sorted(mmwhs_dataset.glob("*_image.nii.gz"))[0]
+    # `--config_file "['configs/inference.json','configs/student_dynunet.json']"` where only MONAI is installed
+    with mock.patch.dict(sys.modules, {"custom": None}):
+        workflow = ConfigWorkflow(
+            config_file=_configs(bundle, "inference.json", STUDENT),
+            workflow_type="infer",
+            bundle_root=str(bundle),
+            dataset_dir=str(mmwhs_dataset),
+            output_dir=str(output_dir),
+            roi_size=TINY_UNETR["roi_size"],
+            datalist=[{"image": str(image)}],
+            **{"dataloader#num_workers": 0},
+        )
+        workflow.initialize()
+        workflow.run()
+    written = sorted(output_dir.glob("*_seg.nii.gz"))
+    assert [p.name for p in written] == [image.name.replace(".nii.gz", "_seg.nii.gz")]
+    prediction = nib.load(written[0])
+    assert prediction.shape == nib.load(image).shape
+    assert set(np.unique(np.asarray(prediction.dataobj))) <= {0, *MMWHS_LABEL_CODES}
 
 
 @pytest.mark.parametrize(
@@ -174,42 +213,6 @@ def test_bad_teacher_input_fails_before_reading_any_data(tmp_path, teacher_ckpt,
     models.mkdir()
     shutil.copy(teacher_ckpt, models / "model.pt")  # an earlier run's output, which must survive
     bad = {key: value.format(tmp=tmp_path) if isinstance(value, str) else value for key, value in bad.items()}
-    ckpt = bad.pop("teacher_ckpt", teacher_ckpt)
+    settings = {"teacher_ckpt": str(teacher_ckpt), **bad}
     # a dataset folder that does not exist: reading data first would fail with another message
-    assert_bad_input_fails_clearly(lambda: _workflow(tmp_path, tmp_path / "no_data", ckpt, **bad).run(), expected, models)
-
-
-# ---- the literal commands ----------------------------------------------------------------------------------------
-
-
-def test_cli_distils_into_a_student_that_infers_with_monai_alone(tmp_path, mmwhs_dataset, teacher_ckpt):
-    bundle = tmp_path / MMWHS_BUNDLE.name
-    shutil.copytree(MMWHS_BUNDLE, bundle, ignore=shutil.ignore_patterns("models", "eval"))
-    (bundle / "models" / "teacher").mkdir(parents=True)
-    shutil.copy(teacher_ckpt, bundle / "models" / "teacher" / "model.pt")  # the strategy's default teacher_ckpt
-    train = ["training", "--meta_file", "configs/metadata.json", "--config_file"]
-    train += ["['configs/train.json','configs/strategy_emkd.json']", "--logging_file", "configs/logging.conf"]
-    tiny = cli_overrides(mmwhs_dataset, max_epochs=1, val_interval=1, num_samples=1, teacher_overrides=TEACHER_SHAPE)
-    run_cli(train + tiny, cwd=bundle, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert sorted(p.name for p in (bundle / "models").iterdir()) == ["model.pt", "model_final.pt", "resume.pt", "teacher"]
-
-    # inference.json with the student file, as `--config_file "['configs/inference.json','configs/student_dynunet.json']"`
-    output_dir = tmp_path / "predictions"
-    with mock.patch.dict(sys.modules, {"custom": None}):  # as where only MONAI is installed
-        workflow = ConfigWorkflow(
-            config_file=[str(bundle / "configs" / name) for name in ("inference.json", STUDENT)],
-            workflow_type="infer",
-            bundle_root=str(bundle),
-            dataset_dir=str(mmwhs_dataset),
-            output_dir=str(output_dir),
-            roi_size=TINY_UNETR["roi_size"],
-            **{"dataloader#num_workers": 0},
-        )
-        workflow.initialize()
-        workflow.run()
-    images = sorted(mmwhs_dataset.glob("*_image.nii.gz"))
-    written = sorted(output_dir.glob("*_seg.nii.gz"))
-    assert [p.name for p in written] == [p.name.replace(".nii.gz", "_seg.nii.gz") for p in images]
-    prediction = nib.load(written[0])
-    assert prediction.shape == nib.load(images[0]).shape
-    assert set(np.unique(np.asarray(prediction.dataobj))) <= {0, *MMWHS_LABEL_CODES}
+    assert_bad_input_fails_clearly(lambda: _workflow(tmp_path, tmp_path / "no_data", **settings).run(), expected, models)
