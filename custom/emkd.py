@@ -196,7 +196,9 @@ class EMKDLoss(nn.Module):
         self.pairs = list(pairs)
         self.pmd_weight, self.imd_weight, self.rad_weight = float(pmd_weight), float(imd_weight), float(rad_weight)
         self.temperature, self.attention_power = float(temperature), float(attention_power)
-        self.segmentation_loss = segmentation_loss or DiceCELoss(include_background=True, to_onehot_y=True, softmax=True)
+        self.segmentation_loss = segmentation_loss or DiceCELoss(
+            include_background=True, to_onehot_y=True, softmax=True
+        )
         self.latest_terms: dict[str, torch.Tensor] = {}
 
     @property
@@ -223,13 +225,19 @@ class EMKDLoss(nn.Module):
         pred = outputs[PRED_KEY]
         seg = self.segmentation_loss(pred, target)
         zero = seg.new_zeros(())
-        pmd = prediction_map_distillation(pred, outputs[TEACHER_PRED_KEY], self.temperature) if self.pmd_weight else zero
+        pmd = (
+            prediction_map_distillation(pred, outputs[TEACHER_PRED_KEY], self.temperature) if self.pmd_weight else zero
+        )
         imd = {
-            pair: importance_map_distillation(student[pair], teacher[pair], self.attention_power) if self.imd_weight else zero
+            pair: importance_map_distillation(student[pair], teacher[pair], self.attention_power)
+            if self.imd_weight
+            else zero
             for pair in self.pairs
         }
         rad = {
-            pair: region_affinity_distillation(student[pair], teacher[pair], target, pred.shape[1]) if self.rad_weight else zero
+            pair: region_affinity_distillation(student[pair], teacher[pair], target, pred.shape[1])
+            if self.rad_weight
+            else zero
             for pair in self.pairs
         }
         return self._total(seg, pmd, imd, rad)

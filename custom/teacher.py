@@ -111,10 +111,12 @@ def load_teacher(
     path = Path(checkpoint)
     if not path.is_file():
         raise FileNotFoundError(
-            f"teacher_ckpt {path} does not exist. Give --teacher_ckpt the model.pt of a trained teacher run (a training "
-            "writes it to its --ckpt_dir; the default teacher_ckpt is models/teacher/model.pt)."
+            f"teacher_ckpt {path} does not exist. Give --teacher_ckpt the model.pt of a trained teacher run (a "
+            "training writes it to its --ckpt_dir; the default teacher_ckpt is models/teacher/model.pt)."
         )
-    if student_ckpt_dir is not None and path.resolve() in {(Path(student_ckpt_dir) / n).resolve() for n in STUDENT_RUN_FILES}:
+    if student_ckpt_dir is not None and path.resolve() in {
+        (Path(student_ckpt_dir) / n).resolve() for n in STUDENT_RUN_FILES
+    }:
         raise ValueError(
             f"teacher_ckpt {path} is in the student's ckpt_dir, where the student's training would overwrite it. "
             "Copy it elsewhere (e.g. models/teacher/model.pt) or give the student run another --ckpt_dir."
@@ -209,7 +211,9 @@ class TeacherStudentNet(nn.Module):
         if not self.training:
             return self.student(x)
         with torch.no_grad():
-            teacher_pred, teacher_maps = run_with_taps(self.teacher, x, list(self.teacher_taps.values()), "EMKD teacher")
+            teacher_pred, teacher_maps = run_with_taps(
+                self.teacher, x, list(self.teacher_taps.values()), "EMKD teacher"
+            )
         student_pred, student_maps = run_with_taps(self.student, x, list(self.student_taps.values()), "EMKD student")
         return {
             PRED_KEY: student_pred,
@@ -230,4 +234,5 @@ class TeacherStudentNet(nn.Module):
         return self
 
     def extra_repr(self) -> str:
-        return f"teacher={type(self.teacher).__name__} (frozen), student_taps={self.student_taps}, teacher_taps={self.teacher_taps}"
+        teacher = type(self.teacher).__name__
+        return f"teacher={teacher} (frozen), student_taps={self.student_taps}, teacher_taps={self.teacher_taps}"

@@ -88,7 +88,7 @@ def distillation_study(
         The Markdown table, also printed.
 
     Raises:
-        ValueError: ``--ablation``, ``--teacher_ckpt`` or ``--teacher_configs`` among the overrides: the study sets them.
+        ValueError: ``--ablation`` or a ``--teacher_*`` setting among the overrides: the study sets them itself.
     """
     reserved = sorted({"ablation", "teacher_ckpt", "teacher_configs", "teacher_overrides"} & set(overrides))
     if reserved:
@@ -124,7 +124,9 @@ def distillation_study(
         volumes = preprocessed_volumes(inference_parser(bundle, teacher_configs, teacher_overrides), int(timing_cases))
     facts = {
         name: _column_names(
-            deployed_facts(bundle, plans[name][2], run_overrides, run_dir / "models" / "model.pt", volumes, timing_repeats)
+            deployed_facts(
+                bundle, plans[name][2], run_overrides, run_dir / "models" / "model.pt", volumes, timing_repeats
+            )
         )
         for name, (run_dir, run_overrides) in runs.items()
     }

@@ -21,8 +21,17 @@ from monai.bundle import ConfigParser, ConfigWorkflow
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from custom.definitions import MMWHS_LABEL_CODES, emkd_term_names
-from tests.helpers import BRATS_BUNDLE, HIPPOCAMPUS_BUNDLE, MMWHS_BUNDLE, TINY_NETWORK_KEYS, TINY_UNETR
-from tests.helpers import assert_bad_input_fails_clearly, cli_overrides, run_cli, tiny_network
+from tests.helpers import (
+    BRATS_BUNDLE,
+    HIPPOCAMPUS_BUNDLE,
+    MMWHS_BUNDLE,
+    TINY_NETWORK_KEYS,
+    TINY_UNETR,
+    assert_bad_input_fails_clearly,
+    cli_overrides,
+    run_cli,
+    tiny_network,
+)
 
 BUNDLES = [MMWHS_BUNDLE, BRATS_BUNDLE, HIPPOCAMPUS_BUNDLE]
 STRATEGY, STUDENT = "strategy_emkd.json", "student_dynunet.json"
@@ -64,7 +73,9 @@ def test_the_student_file_is_the_strategys_student_and_needs_no_custom_code():
     assert {key: strategy[key] for key in ("student_filters", "network_def")} == {
         key: student[key] for key in ("student_filters", "network_def")
     }
-    train, inference = (json.loads((MMWHS_BUNDLE / "configs" / n).read_text()) for n in ("train.json", "inference.json"))
+    train, inference = (
+        json.loads((MMWHS_BUNDLE / "configs" / n).read_text()) for n in ("train.json", "inference.json")
+    )
     # the strategy builds the training network first, then runs train.json's own training
     assert strategy["training"][1:] == train["training"]
     for key in ("in_channels", "num_classes"):
@@ -135,13 +146,20 @@ def _scalars(log_dir: Path) -> dict[str, list[float]]:
 
 def test_training_saves_the_plain_student_and_logs_every_term(trained, teacher_ckpt):
     bundle, workflow = trained
-    assert sorted(p.name for p in (bundle / "models").iterdir()) == ["model.pt", "model_final.pt", "resume.pt", "teacher"]
+    assert sorted(p.name for p in (bundle / "models").iterdir()) == [
+        "model.pt",
+        "model_final.pt",
+        "resume.pt",
+        "teacher",
+    ]
     teacher = workflow.parser.get_parsed_content("teacher")
     saved = torch.load(teacher_ckpt, weights_only=True)
     assert all(torch.equal(v, saved[k]) for k, v in teacher.state_dict().items())  # frozen through training
     assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
     student = workflow.parser.get_parsed_content("network_def")
-    optimized = {id(p) for group in workflow.parser.get_parsed_content("optimizer").param_groups for p in group["params"]}
+    optimized = {
+        id(p) for group in workflow.parser.get_parsed_content("optimizer").param_groups for p in group["params"]
+    }
     assert optimized == {id(p) for p in student.parameters()}
 
     for name in ("model.pt", "model_final.pt"):  # the plain student, loaded by MONAI alone
@@ -164,7 +182,11 @@ def test_cli_evaluates_the_student_without_the_teacher(trained, mmwhs_dataset, t
     bundle, _ = trained
     output_dir = tmp_path / "eval"
     # the teacher is not needed: its default checkpoint does not exist in this folder
-    evaluate = ["evaluating", "--config_file", "['configs/train.json','configs/evaluate.json','configs/strategy_emkd.json']"]
+    evaluate = [
+        "evaluating",
+        "--config_file",
+        "['configs/train.json','configs/evaluate.json','configs/strategy_emkd.json']",
+    ]
     evaluate += ["--output_dir", str(output_dir), "--teacher_ckpt", str(tmp_path / "gone.pt")]
     run_cli(evaluate + cli_overrides(mmwhs_dataset), cwd=bundle, env={**os.environ, "OMP_NUM_THREADS": "1"})
     with open(output_dir / "val_mean_dice_raw.csv") as f:
@@ -215,4 +237,6 @@ def test_bad_teacher_input_fails_before_reading_any_data(tmp_path, teacher_ckpt,
     bad = {key: value.format(tmp=tmp_path) if isinstance(value, str) else value for key, value in bad.items()}
     settings = {"teacher_ckpt": str(teacher_ckpt), **bad}
     # a dataset folder that does not exist: reading data first would fail with another message
-    assert_bad_input_fails_clearly(lambda: _workflow(tmp_path, tmp_path / "no_data", **settings).run(), expected, models)
+    assert_bad_input_fails_clearly(
+        lambda: _workflow(tmp_path, tmp_path / "no_data", **settings).run(), expected, models
+    )

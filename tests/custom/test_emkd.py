@@ -128,7 +128,9 @@ def _outputs(pairs=("low", "high"), seed: int = 0, requires_grad: bool = True) -
     outputs = {
         "pred": _randn(2, K, 8, 8, 8, seed=seed).float().requires_grad_(requires_grad),
         "teacher_pred": _randn(2, K, 8, 8, 8, seed=seed + 1).float(),
-        "student_features": {p: features(2, 4 // (i + 1), 2 + i).requires_grad_(requires_grad) for i, p in enumerate(pairs)},
+        "student_features": {
+            p: features(2, 4 // (i + 1), 2 + i).requires_grad_(requires_grad) for i, p in enumerate(pairs)
+        },
         "teacher_features": {p: features(5, 8 // (i + 1), 10 + i) for i, p in enumerate(pairs)},
     }
     return outputs, _label(seed, shape=(8, 8, 8))
@@ -147,7 +149,11 @@ def test_total_is_the_weighted_sum_and_each_weight_scales_only_its_own_term():
         + 0.9 * (terms["rad_low"] + terms["rad_high"])
     )
     torch.testing.assert_close(total.detach(), expected)
-    for weight, names in (("pmd_weight", ["pmd"]), ("imd_weight", ["imd_low", "imd_high"]), ("rad_weight", ["rad_low", "rad_high"])):
+    for weight, names in (
+        ("pmd_weight", ["pmd"]),
+        ("imd_weight", ["imd_low", "imd_high"]),
+        ("rad_weight", ["rad_low", "rad_high"]),
+    ):
         loss = EMKDLoss(**{weight: 2.5})
         changed = loss(outputs, label)
         assert {k: v for k, v in loss.latest_terms.items() if k != "total"} == {

@@ -109,7 +109,10 @@ def test_load_teacher_freezes_a_fitting_checkpoint_and_names_the_file_otherwise(
     (tmp_path / "text.pt").write_text("not a checkpoint")
     cases = {
         tmp_path / "missing.pt": ["missing.pt", "does not exist", "--teacher_ckpt"],
-        tmp_path / "other.pt": ["other.pt", "first mismatching key 'encoder1.layer.conv1.conv.weight' (shape [8, 1, 3, 3, 3] in the file"],
+        tmp_path / "other.pt": [
+            "other.pt",
+            "first mismatching key 'encoder1.layer.conv1.conv.weight' (shape [8, 1, 3, 3, 3] in the file",
+        ],
         tmp_path / "list.pt": ["list.pt", "not a model.pt state dict"],
         tmp_path / "text.pt": ["text.pt", "could not be read"],
     }

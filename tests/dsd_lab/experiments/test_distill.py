@@ -19,7 +19,9 @@ FACTS = {"parameters": 10, "size_mb": 0.5, "cpu_s_per_volume": 0.25}
 
 
 def _results(dice: float) -> dict:
-    return {metric: {"a": {"mean": dice, "std": 0.1}, "mean": {"mean": dice, "std": 0.1}} for metric in ("dice", "hd95")}
+    return {
+        metric: {"a": {"mean": dice, "std": 0.1}, "mean": {"mean": dice, "std": 0.1}} for metric in ("dice", "hd95")
+    }
 
 
 @pytest.mark.parametrize("bundle, fold_dir", [(MMWHS_BUNDLE, "fold_1"), (BRATS_BUNDLE, None)], ids=["folds", "fixed"])
@@ -35,7 +37,12 @@ def test_the_study_trains_teacher_then_students_through_the_bundle_configs(tmp_p
     monkeypatch.setattr(distill, "deployed_facts", lambda *args: facts_calls.append(args) or FACTS)
     work = tmp_path / "work"
     table = distill.distillation_study(
-        str(bundle), str(tmp_path), fold=1, work_dir=str(work), configs="backbone_dynunet.json", timing_cases=0,
+        str(bundle),
+        str(tmp_path),
+        fold=1,
+        work_dir=str(work),
+        configs="backbone_dynunet.json",
+        timing_cases=0,
         feature_size=8,
     )
     run_dirs = [run_dir.relative_to(work) for run_dir, _, _ in calls]
@@ -47,7 +54,11 @@ def test_the_study_trains_teacher_then_students_through_the_bundle_configs(tmp_p
     assert emkd["teacher_configs"] == ["train.json", "backbone_dynunet.json"]
     assert emkd["teacher_overrides"] == {"feature_size": 8} and emkd["feature_size"] == 8
     assert alone_files == [distill.STUDENT_CONFIG] and alone["ablation"] == "Basic"
-    assert [args[1] for args in facts_calls] == [["backbone_dynunet.json"], ["student_dynunet.json"], ["student_dynunet.json"]]
+    assert [args[1] for args in facts_calls] == [
+        ["backbone_dynunet.json"],
+        ["student_dynunet.json"],
+        ["student_dynunet.json"],
+    ]
 
     stem = "emkd_fold1" if fold_dir else "emkd"
     assert table.splitlines()[0].startswith("| model | parameters | model.pt (MB) | CPU s/volume | Dice a |")
