@@ -22,6 +22,7 @@ __all__ = [
     "datasets",
     "definitions",
     "distributed",
+    "emkd",
     "errors",
     "files",
     "flags",
@@ -34,6 +35,7 @@ __all__ = [
     "networks",
     "progress",
     "reproducibility",
+    "teacher",
     "transforms",
 ]
 

@@ -7,6 +7,8 @@ MONAI or PyTorch, so that light command-line tools (figures) can use them withou
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 __all__ = [
     "ABLATIONS",
     "ABLATION_NAMES",
@@ -24,6 +26,7 @@ __all__ = [
     "TERM_NAMES",
     "ablation_weights",
     "canonical_ablation",
+    "emkd_term_names",
 ]
 
 #: MM-WHS label code -> class index.
@@ -113,3 +116,17 @@ def canonical_ablation(name: str) -> str:
     """
     ablation_weights(name)
     return next(canonical for canonical in ABLATION_NAMES if canonical.lower() == name.lower())
+
+
+def emkd_term_names(pairs: Sequence[str]) -> tuple[str, ...]:
+    """Names of the terms of the EMKD loss (:class:`custom.emkd.EMKDLoss`), as it keeps them and the bundles log them.
+
+    The student's segmentation term keeps the DSD loss's name, so that curves of both strategies line up.
+
+    Args:
+        pairs: the names of the matched feature pairs, e.g. ``("low", "high")``.
+
+    Returns:
+        ``("total", "main_dice_ce", "pmd", "imd_<pair>"..., "rad_<pair>"...)``.
+    """
+    return ("total", TERM_NAMES[1], "pmd", *(f"imd_{pair}" for pair in pairs), *(f"rad_{pair}" for pair in pairs))

@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Sequence
 from functools import partial
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from monai.networks.layers import Conv
 
-__all__ = ["TAP_INPUT_SUFFIX", "BottleneckHead", "DSDNet", "DeferredLogits", "parse_tap", "upsampling_steps"]
+__all__ = [
+    "TAP_INPUT_SUFFIX",
+    "BottleneckHead",
+    "DSDNet",
+    "DeferredLogits",
+    "parse_tap",
+    "run_with_taps",
+    "tapped_module",
+    "upsampling_steps",
+]
 
 #: A tap named ``"<module>:input"`` reads the first positional input of the module instead of its output.
 TAP_INPUT_SUFFIX = ":input"
@@ -228,13 +238,7 @@ class DSDNet(nn.Module):
         self.encoder_taps = list(encoder_taps)
         self.decoder_taps = list(decoder_taps)
         for tap in self.taps:
-            name, _ = parse_tap(tap)
-            try:
-                if not name:
-                    raise AttributeError(name)
-                backbone.get_submodule(name)
-            except AttributeError:
-                raise KeyError(f"DSDNet tap '{tap}': the backbone has no submodule named '{name}'.") from None
+            tapped_module(backbone, tap, "DSDNet tap")
 
         spatial_dims = len(roi_size)
         shapes = self._probe(in_channels, roi_size) if self.taps else {}
@@ -269,29 +273,8 @@ class DSDNet(nn.Module):
         return {tap: features[tap].shape for tap in self.taps}
 
     def _run_backbone(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Run the backbone with hooks that collect the tapped features.
-
-        The hooks live only for this call, so the backbone carries none when it is saved, copied
-        or exported, and a deep copy of the wrapper taps its own backbone.
-        """
-        features: dict[str, torch.Tensor] = {}
-        handles = []
-        for tap in self.taps:
-            name, is_input = parse_tap(tap)
-            module = self.backbone.get_submodule(name)
-            if is_input:
-                handles.append(module.register_forward_pre_hook(partial(_store_input, features, tap)))
-            else:
-                handles.append(module.register_forward_hook(partial(_store_output, features, tap)))
-        try:
-            pred = self.backbone(x)
-        finally:
-            for handle in handles:
-                handle.remove()
-        missing = [tap for tap in self.taps if tap not in features]
-        if missing:
-            raise RuntimeError(f"DSDNet taps {missing} were not reached by the backbone's forward pass.")
-        return pred, features
+        """Run the backbone and collect the tapped features (:func:`run_with_taps`)."""
+        return run_with_taps(self.backbone, x, self.taps, "DSDNet")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor | list[torch.Tensor | DeferredLogits]]:
         if not self.training:
@@ -306,6 +289,76 @@ class DSDNet(nn.Module):
     def _head_logits(self, tap: str, features: torch.Tensor) -> torch.Tensor | DeferredLogits:
         head = self.heads[_head_key(tap)]
         return head.defer(features) if self.defer_upsampling else head(features)
+
+
+def tapped_module(network: nn.Module, tap: str, what: str = "tap") -> nn.Module:
+    """The submodule of ``network`` that a tap reads.
+
+    Args:
+        network: the tapped network.
+        tap: a submodule name from ``network.named_modules()``, optionally with the ``":input"`` suffix.
+        what: how the error message introduces the tap, e.g. ``"DSDNet tap"`` or ``"EMKD teacher tap"``.
+
+    Raises:
+        KeyError: ``network`` has no such submodule; the message names the module and lists close matches.
+    """
+    name, _ = parse_tap(tap)
+    try:
+        if not name:
+            raise AttributeError(name)
+        return network.get_submodule(name)
+    except AttributeError:
+        names = [n for n, _ in network.named_modules() if n]
+        close = difflib.get_close_matches(name, names, n=5, cutoff=0.6)
+        hint = (
+            f"close matches: {', '.join(repr(n) for n in close)}"
+            if close
+            else f"its top-level modules are {', '.join(repr(n) for n, _ in network.named_children())}"
+        )
+        raise KeyError(
+            f"{what} '{tap}': {type(network).__name__} has no submodule named '{name}'; {hint}. "
+            "Any name of network.named_modules() can be tapped."
+        ) from None
+
+
+def run_with_taps(
+    network: nn.Module, x: torch.Tensor, taps: Sequence[str], what: str = "network"
+) -> tuple[Any, dict[str, torch.Tensor]]:
+    """Run ``network(x)`` and collect the feature map of every tap, by module name.
+
+    The hooks live only for this call, so the network carries none when it is saved, copied or exported,
+    and a deep copy of a wrapper taps its own network.
+
+    Args:
+        network: the network to run.
+        x: its input.
+        taps: module names (see :func:`tapped_module`); ``"<module>:input"`` reads the module's first input.
+        what: how the error message names the network.
+
+    Returns:
+        ``(network(x), {tap: feature map})``.
+
+    Raises:
+        KeyError: a tap names no submodule.
+        RuntimeError: a tapped module was not run by the forward pass.
+    """
+    features: dict[str, torch.Tensor] = {}
+    handles = []
+    try:
+        for tap in taps:
+            module = tapped_module(network, tap, f"{what} tap")
+            if parse_tap(tap)[1]:
+                handles.append(module.register_forward_pre_hook(partial(_store_input, features, tap)))
+            else:
+                handles.append(module.register_forward_hook(partial(_store_output, features, tap)))
+        output = network(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    missing = [tap for tap in taps if tap not in features]
+    if missing:
+        raise RuntimeError(f"{what} taps {missing} were not reached by the forward pass of {type(network).__name__}.")
+    return output, features
 
 
 def _store_output(features: dict[str, torch.Tensor], tap: str, module: nn.Module, args: tuple, output) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 __all__ = [
     "BUNDLES_DIR",
     "EVALUATE_CONFIG",
+    "INFERENCE_CONFIG",
     "TRAIN_CONFIG",
     "bundle_config",
     "bundle_has_folds",
@@ -22,6 +23,7 @@ __all__ = [
 BUNDLES_DIR = Path(__file__).resolve().parents[1] / "bundles"
 TRAIN_CONFIG = "train.json"
 EVALUATE_CONFIG = "evaluate.json"
+INFERENCE_CONFIG = "inference.json"
 
 
 def run_bundle(

@@ -20,8 +20,7 @@ from typing import Any
 from custom.definitions import ABLATION_NAMES, ablation_weights, canonical_ablation
 from dsd_lab.bundles import bundle_has_folds
 from dsd_lab.cli import run_command
-from dsd_lab.experiments.study import as_list, run_study, study_run_dir
-from dsd_lab.experiments.tables import write_comparison_tables
+from dsd_lab.experiments.study import as_list, run_study, study_run_dir, write_study_table
 
 __all__ = ["ablation_study", "main"]
 
@@ -67,12 +66,8 @@ def ablation_study(
         logger.info("Ablation: %s (%d of %d) in %s", row, position, len(names), study_run_dir(work, row, run_fold))
         results[row] = run_study(bundle, work, row, run_fold, dataset_dir, overrides, as_list(configs), tracking)
         weights[row] = ablation_weights(row)
-    stem = "ablation" if run_fold is None else f"ablation_fold{run_fold}"
-    table = write_comparison_tables(results, work, stem, name_column="variant", settings=weights)
-    where = "the test split" if run_fold is None else f"fold {run_fold}"
-    print(f"\nAblation on {bundle.resolve().name}, {where} (mean ± std over cases):\n\n{table}")
-    print(f"Tables: {work / stem}.csv, {work / stem}.md")
-    return table
+    title = f"Ablation on {bundle.resolve().name}"
+    return write_study_table(results, work, "ablation", run_fold, title, name_column="variant", settings=weights)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from dsd_lab.experiments.runs import run_experiment
+from dsd_lab.experiments.tables import write_comparison_tables
 from dsd_lab.experiments.tracking import tracking_settings
 
-__all__ = ["as_list", "experiment_overrides", "run_study", "study_run_dir"]
+__all__ = ["as_list", "experiment_overrides", "run_study", "study_run_dir", "write_study_table"]
 
 
 def as_list(value: Any) -> list:
@@ -26,16 +27,21 @@ def as_list(value: Any) -> list:
     return [value]
 
 
-def experiment_overrides(dataset_dir: str | os.PathLike, ablation: str, fold: int | None, **overrides: Any) -> dict:
+def experiment_overrides(
+    dataset_dir: str | os.PathLike, ablation: str | None, fold: int | None, **overrides: Any
+) -> dict:
     """The overrides of one run, built alike by every study command so that their runs can be shared.
 
     Args:
         dataset_dir: the dataset; made absolute.
-        ablation: the paper's ablation row (Basic, DS, SDD, SDE, DSD).
+        ablation: the paper's ablation row (Basic, DS, SDD, SDE, DSD), or ``None`` for a run whose strategy
+            file replaces the DSD loss (``strategy_emkd.json``).
         fold: the cross-validation fold, or ``None`` for bundles with a fixed split.
         overrides: any other config ids and values.
     """
-    settings = {**overrides, "dataset_dir": str(Path(dataset_dir).resolve()), "ablation": ablation}
+    settings = {**overrides, "dataset_dir": str(Path(dataset_dir).resolve())}
+    if ablation is not None:
+        settings["ablation"] = ablation
     if fold is not None:
         settings["fold"] = int(fold)
     return settings
@@ -79,3 +85,37 @@ def run_study(
         config_files=config_files,
         tracking=tracking_settings(tracking, bundle_dir, work_dir, run_dir.relative_to(work_dir).as_posix()),
     )
+
+
+def write_study_table(
+    results: Mapping[str, Any],
+    work_dir: str | os.PathLike,
+    stem: str,
+    fold: int | None,
+    title: str,
+    name_column: str,
+    settings: Mapping[str, Mapping[str, Any]] | None = None,
+    detail: str = "",
+) -> str:
+    """Write a study's comparison table as ``WORK_DIR/<stem>[_fold<k>].csv`` and ``.md``, and print it.
+
+    Args:
+        results: results by row name, in row order.
+        work_dir: the study's work folder.
+        stem: the file name without the fold and extension.
+        fold: the fold the rows were evaluated on, or ``None`` for the test split of a fixed split.
+        title: what the table compares, e.g. ``"Ablation on dsd_unetr_mmwhs"``.
+        name_column: the title of the first column.
+        settings: extra columns by row name, see :func:`~dsd_lab.experiments.tables.write_comparison_tables`.
+        detail: more about the figures, appended to the printed heading.
+
+    Returns:
+        The Markdown table.
+    """
+    work = Path(work_dir)
+    stem = stem if fold is None else f"{stem}_fold{fold}"
+    table = write_comparison_tables(results, work, stem, name_column=name_column, settings=settings)
+    where = "the test split" if fold is None else f"fold {fold}"
+    print(f"\n{title}, {where} (mean ± std over cases{detail}):\n\n{table}")
+    print(f"Tables: {work / stem}.csv, {work / stem}.md")
+    return table
