@@ -15,6 +15,7 @@ __all__ = [
     "checkpoint",
     "definitions",
     "distributed",
+    "dmd",
     "files",
     "flags",
     "losses",
@@ -23,6 +24,7 @@ __all__ = [
     "msd",
     "networks",
     "progress",
+    "semi_supervised",
     "transforms",
 ]
 

@@ -15,6 +15,7 @@ __all__ = [
     "BRATS_MODALITIES",
     "BRATS_REGIONS",
     "DISPLAY_NAMES",
+    "DMD_NETWORKS",
     "HIPPOCAMPUS_CLASS_NAMES",
     "HIPPOCAMPUS_LABEL_CODES",
     "MMWHS_BACKGROUND_CODES",
@@ -24,6 +25,7 @@ __all__ = [
     "TERM_NAMES",
     "ablation_weights",
     "canonical_ablation",
+    "dmd_term_names",
 ]
 
 #: MM-WHS label code -> class index.
@@ -89,6 +91,9 @@ ABLATION_NAMES: tuple[str, ...] = ("Basic", "DS", "SDD", "SDE", "DSD")
 #: Names of the terms of the DSD loss, as :class:`custom.losses.DSDLoss` keeps them and the bundles log them.
 TERM_NAMES: tuple[str, ...] = ("total", "main_dice_ce", "deep_supervision", "kl_encoder", "kl_decoder")
 
+#: The two networks of Deep Mutual Distillation, as :class:`custom.dmd.MutualPair` names them; net1 is deployed.
+DMD_NETWORKS: tuple[str, str] = ("net1", "net2")
+
 
 def ablation_weights(name: str) -> dict[str, float]:
     """Loss weights ``{"eta", "alpha1", "alpha2"}`` of one ablation row, case-insensitive.
@@ -113,3 +118,16 @@ def canonical_ablation(name: str) -> str:
     """
     ablation_weights(name)
     return next(canonical for canonical in ABLATION_NAMES if canonical.lower() == name.lower())
+
+
+def dmd_term_names(supervised_terms: tuple[str, ...] = TERM_NAMES) -> tuple[str, ...]:
+    """Names of the terms of :class:`custom.dmd.MutualDistillationLoss`, as the bundles log them.
+
+    The total, the unweighted mutual Dice, its current weight, then each network's supervised terms prefixed with
+    the network's name (``net1_main_dice_ce``, ...).
+
+    Args:
+        supervised_terms: the term names of the supervised loss of one network, DSD's by default.
+    """
+    own = tuple(f"{network}_{term}" for network in DMD_NETWORKS for term in supervised_terms)
+    return ("total", "mutual_dice", "mutual_weight", *own)

@@ -17,10 +17,14 @@ __all__ = [
     "mmwhs_cases",
     "kfold_split",
     "fold_datalists",
+    "find_mmwhs_unlabelled",
 ]
 
 _IMAGE_SUFFIX = "_image.nii.gz"
 _LABEL_SUFFIX = "_label.nii.gz"
+#: The folder of the unlabelled CT scans in the MM-WHS 2017 release, beside the training folder ``ct_train``.
+UNLABELLED_FOLDER = "ct_test"
+_UNLABELLED_PATTERN = "ct_test_*" + _IMAGE_SUFFIX
 
 
 def _check_same_shape(image: str, label: str) -> None:
@@ -176,3 +180,43 @@ def fold_datalists(dataset_dir: str | os.PathLike, fold: int = 0, num_folds: int
     """
     train, val = kfold_split(mmwhs_cases(dataset_dir), num_folds=num_folds, fold=fold)
     return {"training": train, "validation": val}
+
+
+def find_mmwhs_unlabelled(dataset_dir: str | os.PathLike) -> list[dict[str, str]]:
+    """Find the unlabelled CT scans of the MM-WHS 2017 release: ``ct_test_*_image.nii.gz`` beside the training folder.
+
+    The release unpacks into ``ct_train/`` (image/label pairs) and ``ct_test/`` (40 images without labels); for
+    the training folder ``.../ct_train`` the scans are read from ``.../ct_test``. For a datalist JSON they are its
+    ``"test"`` list. Only headers are read: each image must be a 3-D CT volume.
+
+    Args:
+        dataset_dir: the training folder (``--dataset_dir``) or a datalist JSON file.
+
+    Returns:
+        ``[{"image": path}, ...]`` with absolute paths, sorted by case id.
+
+    Raises:
+        FileNotFoundError: the unlabelled folder, or a file the datalist lists, does not exist.
+        ValueError: the folder holds no ``ct_test_*_image.nii.gz``, the datalist has no ``"test"`` list, or an image
+            is not a 3-D volume.
+    """
+    if str(dataset_dir).lower().endswith(".json"):
+        images = [item["image"] for item in load_datalist(dataset_dir, key="test")]
+    else:
+        folder = Path(dataset_dir).expanduser().resolve().parent / UNLABELLED_FOLDER
+        if not folder.is_dir():
+            raise FileNotFoundError(
+                f"MM-WHS unlabelled folder does not exist: {folder} (the release's {UNLABELLED_FOLDER}/ beside "
+                f"{Path(dataset_dir).name}/); give the unlabelled images with --unlabelled_dir instead."
+            )
+        images = [str(p) for p in folder.glob(_UNLABELLED_PATTERN) if not p.name.startswith("._")]
+        if not images:
+            raise ValueError(f"MM-WHS unlabelled folder {folder} holds no '{_UNLABELLED_PATTERN}' files.")
+    for image in images:
+        try:  # header only
+            shape = tuple(nib.load(image).shape)
+        except Exception as error:  # nibabel raises several types for unreadable files
+            raise ValueError(f"Cannot read the image header of {image}: {error}") from error
+        if len(shape) != 3:
+            raise ValueError(f"Unlabelled image {image} has shape {shape}: expected a 3-D CT volume (one channel).")
+    return [{"image": image} for image in sorted(images, key=natural_key)]
