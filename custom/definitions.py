@@ -16,6 +16,7 @@ __all__ = [
     "BRATS_REGIONS",
     "DISPLAY_NAMES",
     "DMD_NETWORKS",
+    "DMD_ROWS",
     "HIPPOCAMPUS_CLASS_NAMES",
     "HIPPOCAMPUS_LABEL_CODES",
     "MMWHS_BACKGROUND_CODES",
@@ -93,6 +94,13 @@ TERM_NAMES: tuple[str, ...] = ("total", "main_dice_ce", "deep_supervision", "kl_
 
 #: The two networks of Deep Mutual Distillation, as :class:`custom.dmd.MutualPair` names them; net1 is deployed.
 DMD_NETWORKS: tuple[str, str] = ("net1", "net2")
+#: Rows of the semi-supervised study: name -> (the supervised loss's ablation row, whether two networks distil mutually).
+DMD_ROWS: dict[str, tuple[str, bool]] = {
+    "Basic": ("Basic", False),
+    "DSD": ("DSD", False),
+    "DMD": ("Basic", True),
+    "DMD+DSD": ("DSD", True),
+}
 
 
 def ablation_weights(name: str) -> dict[str, float]:

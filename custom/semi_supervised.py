@@ -19,14 +19,19 @@ from monai.transforms import MapTransform, RandCropByLabelClassesd, RandCropByPo
 
 from custom.files import atomic_write_json, natural_key
 
-__all__ = ["EVALUATION_SPLITS", "image_only", "split_labels", "unlabelled_cases"]
+__all__ = ["EVALUATION_SPLITS", "check_fraction", "image_only", "split_labels", "unlabelled_cases"]
 
 #: The lists of a datalist whose images are held out for evaluation, and so never unlabelled training data.
 EVALUATION_SPLITS = ("validation", "test")
 _LABEL_GUIDED_CROPS = (RandCropByPosNegLabeld, RandCropByLabelClassesd)
 
 
-def _check_fraction(fraction: Any) -> float:
+def check_fraction(fraction: Any) -> float:
+    """The labelled fraction as a float.
+
+    Raises:
+        ValueError: it is not a number in (0, 1].
+    """
     try:
         value = float(fraction)
     except (TypeError, ValueError):
@@ -59,7 +64,7 @@ def split_labels(
     Raises:
         ValueError: a fraction outside (0, 1], no cases, or ``record_file`` records another split.
     """
-    fraction = _check_fraction(fraction)
+    fraction = check_fraction(fraction)
     if not cases:
         raise ValueError("There are no training cases to keep labels of.")
     if fraction == 1.0:
