@@ -22,6 +22,7 @@ __all__ = [
     "datasets",
     "definitions",
     "distributed",
+    "dmd",
     "emkd",
     "errors",
     "files",
@@ -35,6 +36,7 @@ __all__ = [
     "networks",
     "progress",
     "reproducibility",
+    "semi_supervised",
     "teacher",
     "transforms",
 ]

@@ -17,6 +17,8 @@ __all__ = [
     "BRATS_MODALITIES",
     "BRATS_REGIONS",
     "DISPLAY_NAMES",
+    "DMD_NETWORKS",
+    "DMD_ROWS",
     "HIPPOCAMPUS_CLASS_NAMES",
     "HIPPOCAMPUS_LABEL_CODES",
     "MMWHS_BACKGROUND_CODES",
@@ -27,6 +29,7 @@ __all__ = [
     "ablation_weights",
     "canonical_ablation",
     "emkd_term_names",
+    "dmd_term_names",
 ]
 
 #: MM-WHS label code -> class index.
@@ -92,6 +95,16 @@ ABLATION_NAMES: tuple[str, ...] = ("Basic", "DS", "SDD", "SDE", "DSD")
 #: Names of the terms of the DSD loss, as :class:`custom.losses.DSDLoss` keeps them and the bundles log them.
 TERM_NAMES: tuple[str, ...] = ("total", "main_dice_ce", "deep_supervision", "kl_encoder", "kl_decoder")
 
+#: The two networks of Deep Mutual Distillation, as :class:`custom.dmd.MutualPair` names them; net1 is deployed.
+DMD_NETWORKS: tuple[str, str] = ("net1", "net2")
+#: Rows of the semi-supervised study: name -> (the supervised loss's ablation row, whether two networks distil mutually).
+DMD_ROWS: dict[str, tuple[str, bool]] = {
+    "Basic": ("Basic", False),
+    "DSD": ("DSD", False),
+    "DMD": ("Basic", True),
+    "DMD+DSD": ("DSD", True),
+}
+
 
 def ablation_weights(name: str) -> dict[str, float]:
     """Loss weights ``{"eta", "alpha1", "alpha2"}`` of one ablation row, case-insensitive.
@@ -130,3 +143,10 @@ def emkd_term_names(pairs: Sequence[str]) -> tuple[str, ...]:
         ``("total", "main_dice_ce", "pmd", "imd_<pair>"..., "rad_<pair>"...)``.
     """
     return ("total", TERM_NAMES[1], "pmd", *(f"imd_{pair}" for pair in pairs), *(f"rad_{pair}" for pair in pairs))
+def dmd_term_names(supervised_terms: tuple[str, ...] = TERM_NAMES) -> tuple[str, ...]:
+    """Names of the terms of :class:`custom.dmd.MutualDistillationLoss`, as the bundles log them.
+    The total, the unweighted mutual Dice, its current weight, then each network's supervised terms prefixed with
+    the network's name (``net1_main_dice_ce``, ...).
+        supervised_terms: the term names of the supervised loss of one network, DSD's by default.
+    own = tuple(f"{network}_{term}" for network in DMD_NETWORKS for term in supervised_terms)
+    return ("total", "mutual_dice", "mutual_weight", *own)

@@ -19,12 +19,16 @@ __all__ = [
     "mmwhs_cases",
     "kfold_split",
     "fold_datalists",
+    "find_mmwhs_unlabelled",
 ]
 
 _IMAGE_SUFFIX = "_image.nii.gz"
 _LABEL_SUFFIX = "_label.nii.gz"
 #: The dataset's name in messages.
 MMWHS_DATASET = "MM-WHS CT"
+#: The folder of the unlabelled CT scans in the MM-WHS 2017 release, beside the training folder ``ct_train``.
+UNLABELLED_FOLDER = "ct_test"
+_UNLABELLED_PATTERN = "ct_test_*" + _IMAGE_SUFFIX
 
 
 def find_mmwhs_cases(dataset_dir: str | os.PathLike, num_channels: int = 1) -> list[dict[str, str]]:
@@ -171,3 +175,42 @@ def fold_datalists(
     """
     train, val = kfold_split(mmwhs_cases(dataset_dir, num_channels), num_folds=num_folds, fold=fold)
     return {"training": train, "validation": val}
+
+
+def find_mmwhs_unlabelled(dataset_dir: str | os.PathLike) -> list[dict[str, str]]:
+    """Find the unlabelled CT scans of the MM-WHS 2017 release: ``ct_test_*_image.nii.gz`` beside the training folder.
+
+    The release unpacks into ``ct_train/`` (image/label pairs) and ``ct_test/`` (40 images without labels); for
+    the training folder ``.../ct_train`` the scans are read from ``.../ct_test``. For a datalist JSON they are its
+    ``"test"`` list. Only headers are read: each image must be a 3-D CT volume.
+
+    Args:
+        dataset_dir: the training folder (``--dataset_dir``) or a datalist JSON file.
+
+    Returns:
+        ``[{"image": path}, ...]`` with absolute paths, sorted by case id.
+
+    Raises:
+        MissingDataError: the unlabelled folder, or a file the datalist lists, does not exist.
+        DataError: the folder holds no ``ct_test_*_image.nii.gz``, the datalist has no ``"test"`` list, or an image
+            cannot be read or is not a 3-D volume.
+    """
+    if str(dataset_dir).lower().endswith(".json"):
+        images = [item["image"] for item in load_datalist(dataset_dir, key="test")]
+        listing = dataset_dir
+    else:
+        listing = Path(dataset_dir).expanduser().resolve().parent / UNLABELLED_FOLDER
+        if not listing.is_dir():
+            report_problem(
+                listing,
+                MISSING,
+                f"the MM-WHS unlabelled folder (the release's {UNLABELLED_FOLDER}/ beside {Path(dataset_dir).name}/) "
+                "does not exist; give the unlabelled images with --unlabelled_dir instead",
+            )
+            return []
+        images = [str(p) for p in listing.glob(_UNLABELLED_PATTERN) if not p.name.startswith("._")]
+        if not images:
+            report_problem(listing, LISTING, f"the MM-WHS unlabelled folder holds no '{_UNLABELLED_PATTERN}' files")
+            return []
+    cases = [{"image": image} for image in sorted(images, key=natural_key)]
+    return check_cases(cases, 1, MMWHS_DATASET, listing)

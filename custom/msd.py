@@ -23,6 +23,7 @@ __all__ = [
     "HIPPOCAMPUS_SPLIT",
     "PaperSplit",
     "is_junk",
+    "load_image_folder",
     "load_msd_datalist",
     "msd_cases",
     "paper_split",
@@ -358,3 +359,40 @@ def _write_split(
     # Mode "x": if another run wrote the file in the meantime, fail rather than overwrite it.
     with open(path, "x") as f:
         f.write(json.dumps(content, indent=4) + "\n")
+
+
+#: File endings of the images :func:`load_image_folder` reads.
+IMAGE_SUFFIXES = (".nii.gz", ".nii")
+
+
+def load_image_folder(folder: str | os.PathLike, num_channels: int | None = None) -> list[dict[str, str]]:
+    """Read a folder of NIfTI images without labels, such as MSD's ``imagesTs`` or new scans, checking every header.
+
+    Images are the ``*.nii.gz`` and ``*.nii`` files directly in ``folder``, macOS junk (``._*``) left out. Only
+    headers are read: an image has ``num_channels`` channels, as :func:`load_msd_datalist` checks them (a 3-D
+    volume for one channel, channels last otherwise).
+
+    Args:
+        folder: the folder of images.
+        num_channels: the expected number of image channels; ``None`` skips the check.
+
+    Returns:
+        ``[{"image": path}, ...]`` with absolute paths, in natural order of their names.
+
+    Raises:
+        MissingDataError: ``folder`` does not exist or is not a folder.
+        DataError: the folder holds no image, a header cannot be read, or an image has the wrong number of channels.
+    """
+    root = Path(folder).expanduser()
+    if not root.is_dir():
+        report_problem(root, MISSING, "the image folder does not exist or is not a folder")
+        return []
+    root = root.resolve()
+    images = sorted(
+        (str(p) for p in root.iterdir() if p.is_file() and p.name.endswith(IMAGE_SUFFIXES) and not is_junk(p)),
+        key=natural_key,
+    )
+    if not images:
+        report_problem(root, LISTING, f"the image folder holds no {' or '.join(IMAGE_SUFFIXES)} images")
+        return []
+    return check_cases([{"image": image} for image in images], num_channels, "the image folder", root)

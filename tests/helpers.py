@@ -45,6 +45,7 @@ __all__ = [
     "run_module",
     "tiny_network",
     "tiny_train_workflow",
+    "torchrun",
     "train_bundle_copy",
 ]
 
@@ -113,6 +114,16 @@ def run_console(command: str, *args: str, cwd: Path | None = None) -> subprocess
     assert Path(executable).is_file(), f"{command} is not installed: run pip install -e ."
     result = subprocess.run([executable, *args], cwd=cwd, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    return result
+
+
+def torchrun(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """``torchrun --standalone --nnodes=1 --nproc_per_node=2 ARGS``, the torchrun of this Python if it has one."""
+    executable = Path(sys.executable).with_name("torchrun")
+    launcher = [str(executable)] if executable.is_file() else [sys.executable, "-m", "torch.distributed.run"]
+    command = [*launcher, "--standalone", "--nnodes=1", "--nproc_per_node=2", *args]
+    result = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     return result
 
 

@@ -89,6 +89,9 @@ OWN_VALUES: dict[str, dict[str, str]] = {
     "backbone_dynunet.json": {
         "dynunet_filters": "the bottleneck's width per dataset",
     },
+    "strategy_dmd.json": {
+        "dataset_unlabelled": "each dataset's own unlabelled set: MM-WHS ct_test/, the test list of an MSD dataset.json",
+    },
     "backbone_swinunetr.json": {
         "roi_size": "SwinUNETR's 1/32 bottleneck needs 64³ patches to keep more than one voxel for instance norm",
     },

@@ -2,7 +2,7 @@
 
 Usage::
 
-    dsd-synthetic mmwhs OUT_DIR [--cases N] [--seed S]
+    dsd-synthetic mmwhs OUT_DIR [--cases N] [--test_cases M] [--seed S]   # M unlabelled scans in OUT_DIR/../ct_test
     dsd-synthetic brats OUT_DIR [--cases N] [--test_cases M] [--seed S]
     dsd-synthetic hippocampus OUT_DIR [--cases N] [--test_cases M] [--seed S]
 """

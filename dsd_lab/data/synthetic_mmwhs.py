@@ -10,6 +10,7 @@ import numpy as np
 from scipy.ndimage import gaussian_filter
 
 from custom.definitions import MMWHS_LABEL_CODES
+from custom.mmwhs import UNLABELLED_FOLDER
 from dsd_lab.data.volumes import affine_matrix, check_synthetic_args, ellipsoid, fov_coords, save_nifti
 
 __all__ = ["make_mmwhs"]
@@ -36,6 +37,7 @@ _AIR_HU, _BODY_HU, _LUNG_HU, _BONE_HU = -1000.0, 40.0, -820.0, 650.0
 _BLOOD_HU = 120.0  # structures above this are contrast-enhanced blood pools
 _HEART_SCALE = 1.3
 _NOISE_HU = 10.0
+_UNLABELLED_STREAM = 1  # third word of the unlabelled scans' seeds; labelled cases use two
 
 
 def _mmwhs_case(
@@ -94,7 +96,11 @@ def _mmwhs_case(
 
 
 def make_mmwhs(
-    out_dir: str | os.PathLike, cases: int = 10, seed: int = 0, shape: Sequence[int] | None = None
+    out_dir: str | os.PathLike,
+    cases: int = 10,
+    seed: int = 0,
+    shape: Sequence[int] | None = None,
+    test_cases: int = 0,
 ) -> list[str]:
     """Write a synthetic CT dataset in the MM-WHS 2017 layout.
 
@@ -111,20 +117,28 @@ def make_mmwhs(
         cases: number of cases, written as ``ct_train_1001_*``, ``ct_train_1002_*``, ...
         seed: random seed.
         shape: optional voxel shape ``(i, j, slices)`` for every case, instead of a random one.
+        test_cases: number of unlabelled scans, written as ``ct_test_2001_image.nii.gz``, ... into the folder
+            ``ct_test`` beside ``out_dir``, as the MM-WHS release lays out ``ct_train/`` and ``ct_test/``. Scan
+            ``i`` depends only on ``(seed, i)`` and differs from every labelled case.
 
     Returns:
-        the written paths, image then label for each case.
+        the written paths, image then label for each case, then the unlabelled scans.
 
     Raises:
-        FileExistsError: if ``out_dir`` already holds a ``ct_train_*`` file; nothing is written.
-        ValueError: if ``cases``, ``seed`` or ``shape`` is invalid.
+        FileExistsError: if ``out_dir`` already holds a ``ct_train_*`` file, or the unlabelled folder a
+            ``ct_test_*`` file; nothing is written.
+        ValueError: if ``cases``, ``seed``, ``shape`` or ``test_cases`` is invalid.
     """
     check_synthetic_args(cases, seed, shape)
+    if int(test_cases) != test_cases or test_cases < 0:
+        raise ValueError(f"test_cases must be a non-negative integer, got {test_cases!r}.")
     out = Path(out_dir).expanduser()
-    if out.is_dir():
-        existing = sorted(out.glob("ct_train_*"))
+    test_dir = out.resolve().parent / UNLABELLED_FOLDER
+    targets = [(out, "ct_train_*")] + ([(test_dir, "ct_test_*")] if test_cases else [])
+    for folder, pattern in targets:
+        existing = sorted(folder.glob(pattern)) if folder.is_dir() else []
         if existing:
-            raise FileExistsError(f"Refusing to overwrite: {existing[0]} already exists in {out}.")
+            raise FileExistsError(f"Refusing to overwrite: {existing[0]} already exists in {folder}.")
     out.mkdir(parents=True, exist_ok=True)
 
     paths = []
@@ -139,4 +153,13 @@ def make_mmwhs(
             save_nifti(data, affine, path)
             paths.append(str(path))
     print(f"Wrote {cases} synthetic MM-WHS case(s) (seed {seed}) to {out}")
+    if test_cases:
+        test_dir.mkdir(parents=True, exist_ok=True)
+        for i in range(int(test_cases)):
+            # A stream of its own per scan, so that no scan repeats a labelled case.
+            image, _, affine = _mmwhs_case(np.random.default_rng([int(seed), i, _UNLABELLED_STREAM]), shape, stray=False)
+            path = test_dir / f"ct_test_{2001 + i}_image.nii.gz"
+            save_nifti(image, affine, path)
+            paths.append(str(path))
+        print(f"Wrote {test_cases} unlabelled synthetic MM-WHS scan(s) to {test_dir}")
     return paths

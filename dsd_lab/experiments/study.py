@@ -61,6 +61,7 @@ def run_study(
     overrides: Mapping[str, Any],
     config_files: Sequence[str] = (),
     tracking: str | None = None,
+    row: str | None = None,
 ) -> dict[str, dict[str, dict[str, float]]]:
     """One run of a study: :func:`~dsd_lab.experiments.runs.run_experiment` in :func:`study_run_dir`.
 
@@ -73,11 +74,13 @@ def run_study(
         overrides: any other config ids and values.
         config_files: extra config files of the bundle, see :func:`~dsd_lab.experiments.runs.run_experiment`.
         tracking: ``None`` or ``"mlflow"``: one MLflow run named after the run folder, in ``work_dir``.
+        row: the name of the run's folder, when a study's row is more than its ablation row (``DMD``); the
+            ablation row's name by default.
 
     Returns:
         The run's results, see :func:`~dsd_lab.experiments.runs.run_experiment`.
     """
-    run_dir = study_run_dir(work_dir, ablation, fold)
+    run_dir = study_run_dir(work_dir, row or ablation, fold)
     return run_experiment(
         bundle_dir,
         run_dir,

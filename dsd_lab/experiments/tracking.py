@@ -28,6 +28,8 @@ TRACKED_PARAMETERS: tuple[str, ...] = (
     "fold",
     "num_folds",
     "split_seed",
+    "labelled_fraction",
+    "labelled_seed",
     "seed",
     "roi_size",
     "feature_size",

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import csv
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,22 +11,12 @@ import torch
 
 from custom.mmwhs import fold_datalists
 from tests.helpers import MMWHS_BUNDLE as BUNDLE_DIR
-from tests.helpers import cli_overrides, run_cli, tiny_network
+from tests.helpers import cli_overrides, run_cli, tiny_network, torchrun
 
 # 5 cases in 2 folds: 2 training cases (one per rank) and 3 validation cases (2 + 1).
 TINY = {"num_folds": 2, "max_epochs": 1, "val_interval": 1, "num_samples": 2}
 TRAIN = "['configs/train.json','configs/multi_gpu_train.json']"
 EVALUATE = "['configs/train.json','configs/evaluate.json','configs/multi_gpu_evaluate.json']"
-
-
-def torchrun(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    """``torchrun --standalone --nnodes=1 --nproc_per_node=2 ARGS``, the torchrun of this Python if it has one."""
-    executable = Path(sys.executable).with_name("torchrun")
-    launcher = [str(executable)] if executable.is_file() else [sys.executable, "-m", "torch.distributed.run"]
-    command = [*launcher, "--standalone", "--nnodes=1", "--nproc_per_node=2", *args]
-    result = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
-    return result
 
 
 @pytest.fixture(scope="module")
