@@ -330,7 +330,7 @@ def _print_results(results: dict[str, Any]) -> None:
     runs = results["runs"]
     print(f"setup: {results['setup']}, device {results['device']}, torch {results['torch']}")
     columns = [k for k in runs[0] if k.startswith(("step_ratio", "memory_ratio", "eval_ratio", "predicted"))]
-    facts = ["cpu", "threads", "copy_bandwidth_gbps", "step_s_basic", "step_s_dsd", "memory_bytes_basic"]
+    facts = ["cpu", "threads", "copy_bandwidth_gbps", "operator_latency_us", "step_s_basic", "step_s_dsd"]
     for n, run in enumerate(runs, 1):
         print(f"run {n}: " + ", ".join(f"{k} {_format(run[k])}" for k in facts + ["gpu"] if k in run))
     width = max(len(c) for c in columns)
@@ -428,9 +428,11 @@ def benchmark(
     if model:
         counts = traffic_model(setup)
         for run in runs:
-            bandwidth = run["copy_bandwidth_gbps"] * 1e9
-            run["predicted_step_ratio_dsd"] = host_ratio(counts["host_basic"], counts["host_dsd"], bandwidth,
-                                                         run["step_s_basic"])
+            basic, dsd = counts["host_basic"], counts["host_dsd"]
+            bandwidth, basic_s = run["copy_bandwidth_gbps"] * 1e9, run["step_s_basic"]
+            run["predicted_step_ratio_dsd_bytes"] = host_ratio(basic, dsd, bandwidth, basic_s)
+            latency = run["operator_latency_us"] * 1e-6
+            run["predicted_step_ratio_dsd_bytes_operators"] = host_ratio(basic, dsd, bandwidth, basic_s, latency)
         gpu = {}
         for spec in GPUS:
             basic_s, dsd_s = (gpu_step_seconds(counts[f"gpu_{v}"], spec) for v in ("basic", "dsd"))

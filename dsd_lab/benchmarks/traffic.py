@@ -8,7 +8,10 @@ and matmuls) and one for the operator itself. The cost of DSD is then DSD's step
 Two predictions are made from these counts:
 
 - **this host**: DSD's extra bytes at the memory bandwidth of a stream-like copy, against the Basic
-  step time measured in the same run: ``1 + extra_bytes / bandwidth / basic_step``;
+  step time measured in the same run: ``1 + extra_bytes / bandwidth / basic_step``; and with its extra
+  operators at the latency of a small operator measured in the same run too (see
+  :func:`dsd_lab.benchmarks.host.operator_latency`), which on a host shared with other processes is
+  what a many-operator loss pays most;
 - **a GPU**: each operator as a roofline, ``max(flops / peak, bytes / bandwidth, launch)``, summed over
   the Basic and the DSD step counted with bf16 autocast and the GPU's block size. A backbone made only
   of large convolutions would take ``flops / peak``; the per-operator roofline also charges its
@@ -159,9 +162,11 @@ def count_step(step: Callable[[], Any]) -> Traffic:
     return counter.traffic
 
 
-def host_ratio(basic: Traffic, dsd: Traffic, bandwidth: float, basic_step_s: float) -> float:
-    """DSD's step time over Basic's if DSD's extra bytes moved at ``bandwidth`` and nothing else changed."""
-    return 1.0 + (dsd.bytes - basic.bytes) / bandwidth / basic_step_s
+def host_ratio(basic: Traffic, dsd: Traffic, bandwidth: float, basic_step_s: float, latency_s: float = 0.0) -> float:
+    """DSD's step time over Basic's if DSD's extra bytes moved at ``bandwidth`` and each extra operator
+    cost ``latency_s`` more, nothing else changing."""
+    extra_s = (dsd.bytes - basic.bytes) / bandwidth + (len(dsd.operators) - len(basic.operators)) * latency_s
+    return 1.0 + extra_s / basic_step_s
 
 
 def gpu_step_seconds(traffic: Traffic, gpu: Gpu) -> float:

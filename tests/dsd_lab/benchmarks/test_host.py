@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from dsd_lab.benchmarks.host import copy_bandwidth, host_facts, processor_name
+from dsd_lab.benchmarks.host import copy_bandwidth, host_facts, operator_latency, processor_name
 
 
 def test_processor_name_from_cpuinfo(tmp_path):
@@ -16,6 +16,9 @@ def test_processor_name_from_cpuinfo(tmp_path):
 
 def test_copy_bandwidth_and_host_facts(monkeypatch):
     assert copy_bandwidth(torch.device("cpu"), megabytes=4, repeats=2) > 1e8
+    assert 0 < operator_latency(torch.device("cpu"), repeats=3) < 1.0
     monkeypatch.setattr("dsd_lab.benchmarks.host.copy_bandwidth", lambda device: 12.5e9)
+    monkeypatch.setattr("dsd_lab.benchmarks.host.operator_latency", lambda device: 4e-6)
     facts = host_facts(torch.device("cpu"))
+    assert facts["operator_latency_us"] == 4.0
     assert facts["copy_bandwidth_gbps"] == 12.5 and facts["threads"] == torch.get_num_threads() and facts["cpu"]

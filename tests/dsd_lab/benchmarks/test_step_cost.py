@@ -22,12 +22,12 @@ def test_bench_prints_and_writes_every_figure(tmp_path, capsys, monkeypatch):
     printed = capsys.readouterr().out
     assert json.loads(out.read_text()) == results
     (run,) = results["runs"]
-    for key in RATIOS + ("predicted_step_ratio_dsd",):
+    for key in RATIOS + ("predicted_step_ratio_dsd_bytes", "predicted_step_ratio_dsd_bytes_operators"):
         assert run[key] > 0 and results["median"][key] == results["worst"][key] == run[key]
         assert f"{key}:" in printed
     for variant in ("basic", "ds", "dsd"):
         assert run[f"step_s_{variant}"] > 0 and run[f"memory_bytes_{variant}"] > 0
-    assert run["cpu"] and run["threads"] >= 1 and run["copy_bandwidth_gbps"] > 0
+    assert run["cpu"] and run["threads"] >= 1 and run["copy_bandwidth_gbps"] > 0 and run["operator_latency_us"] > 0
     counts = results["model"]["counts"]
     assert counts["host_dsd"]["bytes"] > counts["host_basic"]["bytes"] > 0
     assert counts["gpu_dsd"]["operators"] > counts["gpu_basic"]["operators"]
@@ -40,7 +40,7 @@ def test_repeats_print_every_run_with_median_and_worst(monkeypatch, capsys):
 
     def fake_run(setup, device, steps):
         value = next(ratios)
-        return {"cpu": "x", "threads": 2, "copy_bandwidth_gbps": 9.0, "step_s_basic": 1.0, "step_s_dsd": value,
+        return {"cpu": "x", "threads": 2, "copy_bandwidth_gbps": 9.0, "operator_latency_us": 5.0, "step_s_basic": 1.0, "step_s_dsd": value,
                 "memory_bytes_basic": 1, **{key: value for key in RATIOS}}
 
     monkeypatch.setattr(step_cost, "_run_in_subprocess", fake_run)

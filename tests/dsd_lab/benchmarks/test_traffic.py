@@ -49,6 +49,8 @@ def test_matmul_flops(inplace):
 def test_predicted_ratios():
     basic, dsd = Traffic([(0, 100)]), Traffic([(0, 100), (0, 50)])
     assert host_ratio(basic, dsd, bandwidth=10.0, basic_step_s=50.0) == pytest.approx(1.1)
+    # one extra operator at 5 s of latency adds 5 s to the 50 s step
+    assert host_ratio(basic, dsd, bandwidth=10.0, basic_step_s=50.0, latency_s=5.0) == pytest.approx(1.2)
     gpu = Gpu("test", bandwidth=100.0, bf16_flops=1000.0, launch_s=0.1)
     # each operator takes the longest of its compute, its memory traffic and one launch
     assert gpu_step_seconds(Traffic([(5000, 100), (10, 300), (1, 1)]), gpu) == pytest.approx(5.0 + 3.0 + 0.1)
