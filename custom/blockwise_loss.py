@@ -10,33 +10,45 @@ cache, and the gradients are derived in closed form:
   ``tau / V * q_t * (n log q_t - sum_i log q_i - kl)``, with ``q = softmax(x / tau)`` and ``kl`` the
   voxel's summed divergence. Both are known in the forward pass and go straight back to the
   head's low-resolution input and upsampling kernel.
-- DiceCE's gradient depends on per-class sums over the whole volume, so the forward pass stores
-  the decoder heads' softmax and the backward pass finishes it:
+- DiceCE's gradient depends on per-class sums over the whole volume, so the backward pass makes the
+  decoder heads' blocks and softmax once more and finishes it:
   ``p * (a - <a, p>) + lambda_ce / V * (p - onehot)`` with ``a_k = A_k onehot_k + C_k``.
 
 Heads of different scales produce their blocks in one shared voxel order (finest kernel position
 first, see :func:`_digits_first`), in which upsampling a block is a single matmul, with no reshuffling
-of voxels. Between the passes, only the deep-supervised heads' softmax and the gradients with respect
-to each head's low-resolution logits are kept.
+of voxels; the bias rides along as an input channel of ones. A head read whole by every block is put
+in that order once; a head read in slices (the full-resolution one, whose 1x1x1 convolution is done
+here too) is gathered block by block from its own order and its gradient written straight back there.
+
+The blocks of all heads are stacked, so that each softmax and each elementwise step is one operator
+for every head, and they live in a few scratch tensors of the block's size, reused by every block of a
+pass: the loop allocates nothing that grows with the volume. Per-class sums come from a matmul with
+the block's one-hot labels, so no step waits for the device (no ``bincount``, ``.item()`` or
+``torch.equal``) and none adds up with atomics (no ``index_add_``): the terms and gradients are the same
+bits on every run. Between the passes only the gradients with respect to each head's low-resolution
+input are kept; the backward pass makes the supervised heads' blocks once more rather than keeping
+their softmax.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import lru_cache, reduce
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from custom.networks import DeferredLogits, upsampling_steps
 
 __all__ = ["DiceCESettings", "KLGroup", "blockwise_head_terms"]
 
-#: Voxels per block, measured at 96^3 on a 2-core CPU: smaller blocks fit the caches better but spend
-#: more time dispatching operators. On a GPU larger blocks keep the kernels busy.
-BLOCK_VOXELS = {"cpu": 150_000, "cuda": 1 << 21}
+#: Most voxels per block. On a 2-core CPU at 96^3, 8 blocks of 110,592 voxels per item took 1.56 s of CPU
+#: time per step and 64 blocks 2.04 s, one block 2.05 s: smaller blocks fit the caches better but dispatch
+#: more operators. On a GPU one block per item would launch the fewest kernels, but its scratch tensors
+#: would add 0.42 GB at 96^3 (bf16 autocast: DSD 1.26x Basic's memory instead of 1.11x).
+BLOCK_VOXELS = {"cpu": 150_000, "cuda": 1 << 18}
 
 
 @dataclass(frozen=True)
@@ -103,8 +115,10 @@ def blockwise_head_terms(
         one another's steps); the terms must then be computed at full resolution.
 
     Raises:
-        ValueError: a head's upsampled size is not the label's, or the label does not have one channel.
+        ValueError: a head's upsampled size is not the label's, the label does not have one channel,
+            or a head belongs to more than one distillation group.
     """
+    plain = tuple(not isinstance(head, DeferredLogits) for head in heads)
     deferred = [head if isinstance(head, DeferredLogits) else _scale_one(head) for head in heads]
     if target.shape[1] != 1:
         raise ValueError(f"DSD loss: labels must have one channel of class indices, got shape {tuple(target.shape)}.")
@@ -115,12 +129,15 @@ def blockwise_head_terms(
                 f"DSD loss: head {index} upsamples to batch {head.low_res.shape[0]} and size {size}, "
                 f"but the labels are {tuple(target.shape)}."
             )
+    members = [i for group in groups for i in (group.teacher, *group.students)]
+    if len(members) != len(set(members)):
+        raise ValueError(f"DSD loss: a head may belong to one distillation group only, got {list(groups)}.")
     try:
         block_voxels = BLOCK_VOXELS.get(target.device.type, BLOCK_VOXELS["cuda"])
         layout = _Layout(tuple(target.shape[2:]), [head.scale for head in deferred], block_voxels)
     except LookupError:
         return None
-    plan = _Plan(tuple(supervised), tuple(groups), float(tau), detach_teacher, dice_ce)
+    plan = _Plan(tuple(supervised), tuple(groups), float(tau), detach_teacher, dice_ce, plain)
     flat = [tensor for head in deferred for tensor in head]
     return _BlockwiseHeadLoss.apply(plan, layout, target, *flat)
 
@@ -138,6 +155,7 @@ class _Plan:
     tau: float
     detach_teacher: bool
     dice_ce: DiceCESettings
+    plain: tuple[bool, ...]  # heads given as full-resolution logits: no kernel to apply
 
 
 def _digit_shape(levels: Sequence[Sequence[int]], coarse: Sequence[int]) -> tuple[list[int], list[int]]:
@@ -169,6 +187,29 @@ def _digits_last(x: torch.Tensor, levels: Sequence[Sequence[int]], coarse: Seque
     return x.permute(0, 1, *(2 + i for i in inverse)).reshape(*x.shape[:2], *spatial)
 
 
+@lru_cache(maxsize=16)
+def _digit_index(
+    levels: tuple[tuple[int, ...], ...], coarse: tuple[int, ...], device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(order, inverse)``: the flat index of each voxel of :func:`_digits_first`'s order, and its inverse.
+
+    Reordering with ``index_select`` and these indices reads and writes each voxel once, where the
+    permuted copy of :func:`_digits_first` walks a many-dimensional stride pattern; both are cached
+    because every training step asks for the same few.
+    """
+    spatial = [c * math.prod(level[a] for level in levels) for a, c in enumerate(coarse)]
+    with torch.inference_mode(False), torch.no_grad():
+        natural = torch.arange(math.prod(spatial), device=device)
+        order = _digits_first(natural.view(1, 1, *spatial), levels, coarse).reshape(-1)
+        return order, torch.empty_like(order).scatter_(0, order, natural)
+
+
+def _reorder(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``(B, C, voxels)`` with the voxels taken in the order of ``index``."""
+    # a 2-d index_select takes a fast path that the 3-d one along its last dimension does not
+    return x.reshape(-1, x.shape[-1]).index_select(1, index).view(*x.shape[:2], -1)
+
+
 class _Layout:
     """The voxel order shared by every head and the label, and its split into blocks.
 
@@ -178,10 +219,10 @@ class _Layout:
 
     def __init__(self, spatial: Sequence[int], scales: Sequence[Sequence[int]], block_voxels: int) -> None:
         steps = [list(reversed(upsampling_steps(scale))) for scale in scales]
-        self.levels = max(steps, key=len)
-        if any(s != self.levels[: len(s)] for s in steps):
+        self.levels = tuple(max(steps, key=len))
+        if any(s != list(self.levels[: len(s)]) for s in steps):
             raise LookupError(f"head scales {list(scales)} share no digit order")
-        self.coarse = [n // math.prod(level[a] for level in self.levels) for a, n in enumerate(spatial)]
+        self.coarse = tuple(n // math.prod(level[a] for level in self.levels) for a, n in enumerate(spatial))
         self.voxels = math.prod(spatial)
         self.blocks = 1  # per batch item; a block is a run of whole level-0.. sub-positions
         for level in self.levels:
@@ -195,83 +236,165 @@ class _Layout:
         return slice(index * self.block_voxels, (index + 1) * self.block_voxels)
 
 
+class _Scratch:
+    """Tensors of one block's width, made on first use and reused by every head and block of a pass."""
+
+    def __init__(self, columns: int, dtype: torch.dtype, device: torch.device) -> None:
+        self.columns, self.dtype, self.device = columns, dtype, device
+        self._tensors: dict[tuple[str, int], torch.Tensor] = {}
+
+    def __call__(self, name: str, *rows: int, ones_row: bool = False) -> torch.Tensor:
+        """The ``(*rows, columns)`` tensor called ``name``; with ``ones_row``, a last row of ones is added."""
+        shape = (*rows[:-1], rows[-1] + ones_row, self.columns)
+        tensor = self._tensors.get((name, shape))
+        if tensor is None:
+            tensor = torch.empty(shape, dtype=self.dtype, device=self.device)
+            if ones_row:
+                tensor[..., -1, :].fill_(1)
+            self._tensors[name, shape] = tensor
+        return tensor
+
+
 class _Head:
-    """One head's tensors in the layout's voxel order, and how a block of its logits is made."""
+    """One head's tensors in the layout's voxel order, and how a block of its logits is made.
+
+    The bias rides along as one more input channel of ones, so that a block's logits are one matmul
+    and the gradients of kernel and bias together are another.
+    """
 
     def __init__(
-        self, low_res: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, kernel_grad: bool, layout: _Layout
+        self,
+        index: int,
+        tensors: Sequence[torch.Tensor],
+        plain: bool,
+        kernel_grad: bool,
+        layout: _Layout,
+        dtype: torch.dtype,
     ) -> None:
-        self.dtype = torch.promote_types(low_res.dtype, torch.float32)  # half precision is computed in float32
-        self.classes, self.scale = weight.shape[0], tuple(weight.shape[2:])
-        self.sub_positions = math.prod(self.scale)
-        self.layout, self.kernel_grad = layout, kernel_grad
+        low_res, weight, bias = tensors
+        self.index, self.plain, self.kernel_grad, self.layout, self.dtype = index, plain, kernel_grad, layout, dtype
+        self.shape = low_res.shape
+        self.in_channels, self.classes, self.scale = weight.shape[0], weight.shape[1], tuple(weight.shape[2:])
+        sub_positions = math.prod(self.scale)
         own = len(upsampling_steps(self.scale))
         self.kernel_levels, self.low_levels = layout.levels[:own], layout.levels[own:]
-        ones = [1] * len(self.scale)
-        self.low: torch.Tensor | None = _digits_first(low_res.to(self.dtype), self.low_levels, layout.coarse)
-        kernel = _digits_first(weight.to(self.dtype), self.kernel_levels, ones)  # (K_in, K_out, S)
-        self.kernel = kernel.permute(1, 2, 0).contiguous()  # (K_out, S, K_in)
-        self.bias = _digits_first(bias.to(self.dtype)[None], self.kernel_levels, ones)[0]  # (K_out, S)
-        eye = torch.eye(self.classes, dtype=self.dtype, device=kernel.device)
-        # a head without upsampling: its logits are ``low_res`` itself
-        self.plain = not kernel_grad and self.sub_positions == 1 and torch.equal(kernel[..., 0], eye) and not bias.any()
+        self.order, self.inverse = _digit_index(self.low_levels, layout.coarse, low_res.device)
+        # A block is ``count`` whole sub-positions of the kernel, or a slice of the low-res voxels of one.
+        self.count = max(1, sub_positions // layout.blocks)
+        self.per_sub_position = max(1, layout.blocks // sub_positions)
+        flat = low_res.reshape(*low_res.shape[:2], -1)
+        # A head read whole by every block is put in the layout's order once; one read in slices (the
+        # full-resolution head) is gathered block by block, which never copies the whole tensor.
+        self.gathered = self.per_sub_position > 1
+        if self.gathered:
+            self.low = flat
+        else:
+            ordered = _reorder(flat, self.order).to(dtype)
+            self.low = ordered if plain else torch.cat([ordered, ordered.new_ones(ordered.shape[0], 1, ordered.shape[2])], 1)
+        self._gathered_block: tuple[tuple[int, int], torch.Tensor] | None = None
+        if not plain:
+            ones = [1] * len(self.scale)
+            kernel = _digits_first(weight.to(dtype), self.kernel_levels, ones).permute(1, 2, 0)  # (K_out, S, K_in)
+            bias = _digits_first(bias.to(dtype)[None], self.kernel_levels, ones)[0]  # (K_out, S)
+            rows = torch.cat([kernel, bias[..., None]], dim=2)  # (K_out, S, K_in + 1)
+            self.rows = rows.view(self.classes, -1, self.count, self.in_channels + 1).transpose(0, 1)
+            self.rows = self.rows.reshape(-1, self.classes * self.count, self.in_channels + 1)  # (slots, rows, K_in + 1)
 
-    def zero_grads(self) -> list[torch.Tensor]:
-        """Zeroed accumulators of the gradients of the low-res logits, kernel and bias, in this layout."""
-        return [torch.zeros_like(self.low), torch.zeros_like(self.kernel), torch.zeros_like(self.bias)]
+    def grads(self) -> _Grads:
+        """Accumulators of the gradients of the low-res input and of the kernel rows."""
+        device = self.order.device
+        if self.gathered:  # written slice by slice in the head's own order
+            low = torch.empty(*self.shape[:2], self.order.numel(), dtype=self.dtype, device=device)
+        else:
+            low = torch.zeros(*self.shape[:2], self.order.numel(), dtype=self.dtype, device=device)
+        return _Grads(low, torch.zeros_like(self.rows) if self.kernel_grad else None)
 
-    def _select(self, block: int) -> tuple[slice, slice]:
-        """The kernel sub-positions and low-res voxels that make one block."""
-        blocks = self.layout.blocks
-        if self.sub_positions >= blocks:
-            count = self.sub_positions // blocks
-            return slice(block * count, (block + 1) * count), slice(None)
-        per_sub_position = blocks // self.sub_positions
-        sub = block // per_sub_position
-        return slice(sub, sub + 1), self.layout.block(block % per_sub_position)
+    def _select(self, block: int) -> tuple[int, slice]:
+        """The slot of kernel sub-positions and the low-res voxels that make one block."""
+        return block // self.per_sub_position, self.layout.block(block % self.per_sub_position)
 
-    def logits(self, b: int, block: int, temperature: float = 1.0) -> torch.Tensor:
-        """``(K, voxels)`` logits of a block divided by ``temperature``."""
-        subs, voxels = self._select(block)
-        low = self.low[b][:, voxels]
+    def _low_block(self, b: int, voxels: slice, scratch: _Scratch) -> torch.Tensor:
+        """``(K_in + 1, n)`` low-res input of a block with its row of ones, gathered for a head read in slices."""
+        if not self.gathered:
+            return self.low[b][:, voxels]
+        key = (b, voxels.start)
+        if self._gathered_block is None or self._gathered_block[0] != key:
+            index = self.order[voxels]
+            out = scratch(f"input of head {self.index}", self.in_channels, ones_row=True)
+            if self.low.dtype == self.dtype:
+                torch.index_select(self.low[b], 1, index, out=out[:-1])
+            else:  # half precision under autocast: the block is computed in float32
+                out[:-1].copy_(self.low[b].index_select(1, index))
+            self._gathered_block = (key, out)
+        return self._gathered_block[1]
+
+    def logits(self, b: int, block: int, out: torch.Tensor, scratch: _Scratch) -> None:
+        """Write the ``(K, voxels)`` logits of a block to ``out``."""
+        slot, voxels = self._select(block)
         if self.plain:
-            return low / temperature if temperature != 1.0 else low
-        kernel = self.kernel[:, subs].reshape(-1, self.classes)
-        bias = self.bias[:, subs].reshape(-1, 1)
-        # rows (class, sub-position) times low-res voxels is the block's voxel order; the temperature is free here
-        return torch.addmm(bias, kernel, low, beta=1 / temperature, alpha=1 / temperature).view(self.classes, -1)
+            if self.gathered:
+                torch.index_select(self.low[b], 1, self.order[voxels], out=out)
+            else:
+                out.copy_(self.low[b][:, voxels])
+            return
+        # rows (class, sub-position) times low-res voxels is the block's voxel order
+        torch.mm(self.rows[slot], self._low_block(b, voxels, scratch), out=out.view(self.rows.shape[1], -1))
 
     def backward_block(
-        self,
-        b: int,
-        block: int,
-        grad: torch.Tensor,
-        grad_low: torch.Tensor,
-        grad_kernel: torch.Tensor,
-        grad_bias: torch.Tensor,
+        self, b: int, block: int, grad: torch.Tensor, grads: _Grads, scratch: _Scratch, alpha: float = 1.0
     ) -> None:
-        """Add a block's ``(K, voxels)`` logit gradient to the accumulators of the low-res logits and kernel."""
-        subs, voxels = self._select(block)
-        low_grad = grad_low[b][:, voxels]
-        if self.plain:
-            low_grad.add_(grad)
+        """Add ``alpha`` times a block's ``(K, voxels)`` logit gradient to the accumulators of :meth:`grads`."""
+        slot, voxels = self._select(block)
+        if not self.plain:
+            grad = grad.view(self.rows.shape[1], -1)
+            if grads.rows is not None:
+                grads.rows[slot].addmm_(grad, self._low_block(b, voxels, scratch).t(), alpha=alpha)
+        if not self.gathered:
+            if self.plain:
+                grads.low[b][:, voxels].add_(grad, alpha=alpha)
+            else:
+                grads.low[b][:, voxels].addmm_(self.rows[slot, :, :-1].t(), grad, alpha=alpha)
             return
-        count = subs.stop - subs.start
-        grad = grad.view(self.classes * count, -1)
-        low_grad.addmm_(self.kernel[:, subs].reshape(-1, self.classes).t(), grad)
-        if self.kernel_grad:
-            grad_kernel[:, subs].add_(torch.mm(grad, self.low[b][:, voxels].t()).view(self.classes, count, -1))
-            grad_bias[:, subs].add_(grad.sum(1).view(self.classes, count))
+        # a gathered head's block goes straight to its own order: no zeroed accumulator, no reordering after
+        out = scratch(f"input gradient of head {self.index}", self.in_channels)
+        if self.plain:
+            torch.mul(grad, alpha, out=out)
+        else:
+            torch.addmm(out, self.rows[slot, :, :-1].t(), grad, beta=0, alpha=alpha, out=out)
+        index, key = self.order[voxels], (b, voxels.start)
+        if key in grads.written:
+            out.add_(grads.low[b].index_select(1, index))
+        grads.low[b].index_copy_(1, index, out)
+        grads.written.add(key)
 
-    def input_grads(self, grads: Sequence[torch.Tensor], dtypes: Sequence[torch.dtype]) -> list[torch.Tensor | None]:
+    def input_grads(self, grads: _Grads, dtypes: Sequence[torch.dtype]) -> list[torch.Tensor | None]:
         """Gradients of ``(low_res, weight, bias)`` in their own layouts and dtypes."""
-        ones = [1] * len(self.scale)
-        grad_low = _digits_last(grads[0], self.low_levels, self.layout.coarse).to(dtypes[0])
-        if not self.kernel_grad:
+        grad_low = grads.low if self.gathered else _reorder(grads.low, self.inverse)
+        grad_low = grad_low.view(self.shape).to(dtypes[0])
+        if grads.rows is None:
             return [grad_low, None, None]
-        grad_weight = _digits_last(grads[1].permute(2, 0, 1), self.kernel_levels, ones).to(dtypes[1])
-        grad_bias = _digits_last(grads[2][None], self.kernel_levels, ones)[0].to(dtypes[2])
+        ones = [1] * len(self.scale)
+        grad_rows = grads.rows.view(-1, self.classes, self.count, self.in_channels + 1).transpose(0, 1)
+        grad_rows = grad_rows.reshape(self.classes, -1, self.in_channels + 1)  # (K_out, S, K_in + 1)
+        grad_weight = _digits_last(grad_rows[..., :-1].permute(2, 0, 1), self.kernel_levels, ones).to(dtypes[1])
+        grad_bias = _digits_last(grad_rows[None, ..., -1], self.kernel_levels, ones)[0].to(dtypes[2])
         return [grad_low, grad_weight, grad_bias]
+
+
+@dataclass
+class _Grads:
+    """A head's gradient accumulators: low-res input (the layout's order, or its own for a gathered head), kernel rows."""
+
+    low: torch.Tensor
+    rows: torch.Tensor | None
+    written: set[tuple[int, int]] = field(default_factory=set)  # a gathered head's slices written so far
+
+    def scale_(self, weight: torch.Tensor) -> _Grads:
+        """Multiply every accumulator by ``weight`` in place."""
+        self.low.mul_(weight)
+        if self.rows is not None:
+            self.rows.mul_(weight)
+        return self
 
 
 class _BlockwiseHeadLoss(torch.autograd.Function):
@@ -288,79 +411,119 @@ class _BlockwiseHeadLoss(torch.autograd.Function):
             return (None, None, None, *_backward(ctx, grad_terms))
 
 
+def _onehot(label: torch.Tensor, class_index: torch.Tensor, scratch: _Scratch) -> torch.Tensor:
+    """``(K, n)``: the block's one-hot labels, from ``class_index`` ``(K, 1)``."""
+    return torch.eq(label[None], class_index, out=scratch("one-hot labels", class_index.shape[0]))
+
+
+def _runs(positions: Sequence[int]) -> list[tuple[int, int]]:
+    """Maximal runs ``(start, stop)`` of consecutive positions, in order."""
+    runs: list[tuple[int, int]] = []
+    for p in positions:
+        if runs and runs[-1][1] == p:
+            runs[-1] = (runs[-1][0], p + 1)
+        else:
+            runs.append((p, p + 1))
+    return runs
+
+
 def _forward(
     ctx: Any, plan: _Plan, layout: _Layout, target: torch.Tensor, flat: Sequence[torch.Tensor]
 ) -> tuple[torch.Tensor, ...]:
+    dtype = reduce(torch.promote_types, [t.dtype for t in flat[::3]], torch.float32)  # half precision in float32
     kernel_grads = [ctx.needs_input_grad[4 + i] or ctx.needs_input_grad[5 + i] for i in range(0, len(flat), 3)]
-    heads = [_Head(*flat[3 * n : 3 * n + 3], kernel_grad, layout) for n, kernel_grad in enumerate(kernel_grads)]
-    batch, classes = target.shape[0], heads[0].classes
-    voxels = batch * layout.voxels
-    labels = _digits_first(target.long(), layout.levels, layout.coarse)[:, 0]  # (B, voxels) in the heads' order
-    device = labels.device
+    heads = [
+        _Head(n, flat[3 * n : 3 * n + 3], plan.plain[n], kernel_grad, layout, dtype)
+        for n, kernel_grad in enumerate(kernel_grads)
+    ]
+    batch, classes, device = target.shape[0], heads[0].classes, target.device
+    blocks, n = layout.blocks, layout.block_voxels
+    order, _ = _digit_index(layout.levels, layout.coarse, device)
+    labels = _reorder(target.reshape(batch, 1, -1), order).view(batch, -1).long()  # (B, voxels) in the heads' order
+    scratch = _Scratch(n, dtype, device)
+    class_index = torch.arange(classes, device=device)[:, None]
 
-    # gradients of each group's KL per unit weight of its term, known as soon as a block is done
-    kl_grads = {i: heads[i].zero_grads() for i in _kl_gradient_groups(plan)}
-    # softmax of the deep-supervised heads and its value at the label, kept for the Dice gradient
-    kept: dict[int, list[list[tuple[torch.Tensor, torch.Tensor]]]] = {
-        i: [[] for _ in range(batch)] for i in plan.supervised
-    }
-    stats = torch.zeros(len(plan.supervised), 3, batch, classes, dtype=torch.float64, device=device)  # I, P, G
-    cross_entropy = torch.zeros(len(plan.supervised), dtype=torch.float64, device=device)
-    kl_sums = torch.zeros(len(plan.groups), dtype=torch.float64, device=device)
-    kl_scale = plan.tau / voxels
-    distilled = {i for g in plan.groups for i in (g.teacher, *g.students)}
+    # The blocks of all heads are stacked: each group's teacher and students, then the other supervised heads.
+    grouped = [i for group in plan.groups for i in (group.teacher, *group.students)]
+    stack = grouped + [i for i in plan.supervised if i not in grouped]
+    supervised = sorted(stack.index(i) for i in plan.supervised)  # stack positions of the supervised heads
+    # per block: sum of log p at the label, sum of p, sum of p at the label per label class, label counts
+    log_p_label = torch.zeros(batch, blocks, len(supervised), dtype=dtype, device=device)
+    p_sums = torch.zeros(batch, blocks, len(supervised), classes, dtype=dtype, device=device)
+    intersections = torch.zeros(batch, blocks, len(supervised), classes, dtype=dtype, device=device)
+    label_counts = torch.zeros(batch, blocks, classes, dtype=dtype, device=device)
+    kl_sums = torch.zeros(len(plan.groups), batch, blocks, dtype=dtype, device=device)
+    # gradients of each group's KL per unit weight and per tau / V, known as soon as a block is done
+    kl_grads = {i: heads[i].grads() for i in _kl_gradient_groups(plan)}
 
     for b in range(batch):
-        for block in range(layout.blocks):
-            label = labels[b][layout.block(block)][None]
-            logits = {i: heads[i].logits(b, block) for i in plan.supervised}
-            softened = {
-                i: logits[i] / plan.tau if i in logits else heads[i].logits(b, block, plan.tau) for i in distilled
-            }
-            if plan.supervised:
-                stats[:, 2, b] += torch.bincount(label[0], minlength=classes).to(stats.dtype)
-            for n, i in enumerate(plan.supervised):
-                log_p = F.log_softmax(logits[i], dim=0)
-                log_p_label = log_p.gather(0, label)
-                cross_entropy[n] -= log_p_label.sum(dtype=torch.float64)
-                p, p_label = log_p.exp_(), log_p_label.exp_()
-                kept[i][b].append((p, p_label))
-                stats[n, 0, b].index_add_(0, label[0], p_label[0].to(stats.dtype))
-                stats[n, 1, b] += p.sum(1, dtype=torch.float64)
+        for block in range(blocks):
+            logits = scratch("logits", len(stack), classes)
+            for p, i in enumerate(stack):
+                heads[i].logits(b, block, logits[p], scratch)
+            if supervised:
+                label = labels[b, layout.block(block)]
+                onehot = _onehot(label, class_index, scratch)
+                torch.sum(onehot, 1, out=label_counts[b, block])
+                rank = 0
+                for start, stop in _runs(supervised):
+                    count = stop - start
+                    ranks = slice(rank, rank + count)
+                    log_p = torch.log_softmax(logits[start:stop], 1, out=scratch("log q", len(stack), classes)[:count])
+                    at_label = torch.gather(log_p, 1, label.expand(count, 1, -1), out=scratch("at label", count, 1))
+                    torch.sum(at_label, (1, 2), out=log_p_label[b, block, ranks])
+                    torch.sum(log_p.exp_(), 2, out=p_sums[b, block, ranks])
+                    torch.mm(at_label.view(count, -1).exp_(), onehot.t(), out=intersections[b, block, ranks])
+                    rank += count
+            if not grouped:
+                continue
+            softened = logits[: len(grouped)]
+            if plan.tau != 1.0:
+                softened.mul_(1 / plan.tau)
+            log_q = torch.log_softmax(softened, 1, out=scratch("log q", len(stack), classes)[: len(grouped)])
+            start = 0
             for g, group in enumerate(plan.groups):
-                log_q_teacher = F.log_softmax(softened[group.teacher], dim=0)
-                q_teacher = log_q_teacher.exp()
-                divergence = log_q_teacher.mul_(len(group.students))
-                for i in group.students:
-                    log_q = F.log_softmax(softened[i], dim=0)
-                    divergence -= log_q
-                    heads[i].backward_block(b, block, log_q.exp_().sub_(q_teacher).mul_(kl_scale), *kl_grads[i])
-                kl_voxel = (q_teacher * divergence).sum(0)
-                kl_sums[g] += kl_voxel.sum(dtype=torch.float64)
+                students = len(group.students)
+                log_q_teacher, log_q_students = log_q[start], log_q[start + 1 : start + 1 + students]
+                q_teacher = torch.exp(log_q_teacher, out=scratch("q teacher", classes))
+                # sum_s log q_s - n log q_t, the divergence with its sign turned
+                divergence = torch.sum(log_q_students, 0, out=scratch("divergence", classes))
+                divergence.sub_(log_q_teacher, alpha=students)
+                student_grads = log_q_students.exp_().sub_(q_teacher)  # q_s - q_t
+                for j, i in enumerate(group.students):
+                    heads[i].backward_block(b, block, student_grads[j], kl_grads[i], scratch)
+                per_class = divergence.mul_(q_teacher)  # -q_t * (n log q_t - sum_s log q_s)
+                kl_voxel = torch.sum(per_class, 0, keepdim=True, out=scratch("kl", 1))  # minus the voxel's KL sum
+                torch.sum(kl_voxel, (0, 1), out=kl_sums[g, b, block])
                 if not plan.detach_teacher:
-                    grad = divergence.sub_(kl_voxel).mul_(q_teacher).mul_(kl_scale)
-                    heads[group.teacher].backward_block(b, block, grad, *kl_grads[group.teacher])
+                    # q_t * (n log q_t - sum_s log q_s - kl), with its sign turned
+                    teacher_grad = per_class.addcmul_(q_teacher, kl_voxel, value=-1)
+                    heads[group.teacher].backward_block(b, block, teacher_grad, kl_grads[group.teacher], scratch, -1.0)
+                start += 1 + students
 
     settings = plan.dice_ce
-    intersection, predicted, ground = stats[:, 0], stats[:, 1], stats[:, 2]
+    cross_entropy = -log_p_label.double().sum((0, 1))  # (heads,)
+    intersection, predicted = (s.double().sum(1).transpose(0, 1) for s in (intersections, p_sums))  # (heads, B, K)
+    ground = label_counts.double().sum(1)[None]  # (1, B, K)
     if settings.batch:
         intersection, predicted, ground = (s.sum(1, keepdim=True) for s in (intersection, predicted, ground))
     denominator = predicted + ground + settings.smooth_dr
     dice = 1.0 - (2.0 * intersection + settings.smooth_nr) / denominator
     first = 0 if settings.include_background else 1
     deep_supervision = (
-        settings.lambda_dice * dice[..., first:].mean((1, 2)) + settings.lambda_ce * cross_entropy / voxels
+        settings.lambda_dice * dice[..., first:].mean((1, 2)) + settings.lambda_ce * cross_entropy / (batch * layout.voxels)
     ).sum()
-    kl_terms = kl_sums * plan.tau**2 / voxels
+    kl_terms = -kl_sums.double().sum((1, 2)) * plan.tau**2 / (batch * layout.voxels)
 
-    for n, head in enumerate(heads):
-        if n not in plan.supervised:
+    supervised_heads = [stack[p] for p in supervised]
+    for i, head in enumerate(heads):
+        head._gathered_block = None
+        if i not in supervised_heads:
             head.low = None  # only the Dice gradient's blocks read it again
-    ctx.plan, ctx.layout, ctx.voxels, ctx.device_type = plan, layout, voxels, device.type
-    ctx.heads, ctx.labels, ctx.kl_grads, ctx.kept = heads, labels, kl_grads, kept
+    ctx.plan, ctx.layout, ctx.device_type = plan, layout, device.type
+    ctx.heads, ctx.supervised_heads, ctx.labels, ctx.kl_grads = heads, supervised_heads, labels, kl_grads
     ctx.dice_stats = (intersection, denominator, first)
     ctx.dtypes = [t.dtype for t in flat]
-    dtype = heads[0].dtype
     return (deep_supervision.to(dtype), *(k.to(dtype) for k in kl_terms))
 
 
@@ -374,23 +537,28 @@ def _kl_gradient_groups(plan: _Plan) -> dict[int, int]:
 
 
 def _backward(ctx: Any, grad_terms: Sequence[torch.Tensor]) -> list[torch.Tensor | None]:
-    if ctx.kept is None:
+    if ctx.kl_grads is None:
         raise RuntimeError(
             "DSD loss: backward through the blockwise head terms a second time; their buffers are freed by the first."
         )
     plan: _Plan = ctx.plan
     heads: list[_Head] = ctx.heads
-    kl_grads, kept = ctx.kl_grads, ctx.kept
-    ctx.kl_grads = ctx.kept = None  # each buffer goes as soon as it has been used
+    layout: _Layout = ctx.layout
+    kl_grads = ctx.kl_grads
+    ctx.kl_grads = None  # each buffer goes as soon as it has been used
     grad_ds, grad_kl = grad_terms[0], grad_terms[1:]
-    grads: list[list[torch.Tensor] | None] = [None] * len(heads)
+    grads: list[_Grads | None] = [None] * len(heads)
+    labels = ctx.labels
+    batch, classes, dtype, device = labels.shape[0], heads[0].classes, heads[0].dtype, labels.device
+    voxels = batch * layout.voxels
     for i, g in _kl_gradient_groups(plan).items():
-        grads[i] = [t.mul_(grad_kl[g]) for t in kl_grads.pop(i)]
+        weight = grad_kl[g] * (plan.tau / voxels)
+        grads[i] = kl_grads.pop(i).scale_(weight)
 
-    if plan.supervised:
+    supervised = ctx.supervised_heads
+    if supervised:
         settings = plan.dice_ce
         intersection, denominator, first = ctx.dice_stats
-        batch, classes, dtype = ctx.labels.shape[0], heads[0].classes, heads[0].dtype
         # d(mean Dice)/d(p_k) = A_k * onehot_k + C_k for each head, batch item and class
         count = denominator.shape[1] * (classes - first)
         scale = grad_ds.double() * settings.lambda_dice / count
@@ -398,23 +566,33 @@ def _backward(ctx: Any, grad_terms: Sequence[torch.Tensor]) -> list[torch.Tensor
         coefficient_c = (2.0 * intersection + settings.smooth_nr) * scale / denominator**2
         coefficient_a[..., :first] = 0.0
         coefficient_c[..., :first] = 0.0
-        coefficient_a = coefficient_a.to(dtype).expand(-1, batch, -1)
+        coefficient_a = coefficient_a.to(dtype).expand(-1, batch, -1)  # (heads, B, K)
         coefficient_c = coefficient_c.to(dtype).expand(-1, batch, -1)
-        ce_scale = grad_ds.to(dtype) * settings.lambda_ce / ctx.voxels
-        for n, i in enumerate(plan.supervised):
+        ce_scale = grad_ds.to(dtype) * settings.lambda_ce / voxels
+        off_label = (coefficient_c + ce_scale)[..., None]  # (heads, B, K, 1)
+        scratch = _Scratch(layout.block_voxels, dtype, device)
+        class_index = torch.arange(classes, device=device)[:, None]
+        heads_count = len(supervised)
+        for i in supervised:
             if grads[i] is None:
-                grads[i] = heads[i].zero_grads()
-            for b in range(batch):
-                off_label = (coefficient_c[n, b] + ce_scale)[:, None]
-                for block, (p, p_label) in enumerate(kept[i][b]):
-                    label = ctx.labels[b][ctx.layout.block(block)][None]
-                    # p * (a + c_ce - <a, p>) - c_ce * onehot, with a = A * onehot + C
-                    label_a_p = coefficient_a[n, b][label] * p_label
-                    inner = label_a_p + coefficient_c[n, b][None] @ p
-                    grad = (off_label - inner).mul_(p)
-                    grad.scatter_add_(0, label, label_a_p.sub_(ce_scale))
-                    heads[i].backward_block(b, block, grad, *grads[i])
-                kept[i][b] = []
+                grads[i] = heads[i].grads()
+        for b in range(batch):
+            a_b, c_b = coefficient_a[:, b].contiguous(), coefficient_c[:, b, None].contiguous()
+            for block in range(layout.blocks):
+                logits = scratch("logits", heads_count, classes)
+                for r, i in enumerate(supervised):
+                    heads[i].logits(b, block, logits[r], scratch)
+                label = labels[b, layout.block(block)]
+                p = torch.softmax(logits, 1, out=scratch("p", heads_count, classes))
+                # p * (a + c_ce - <a, p>) - c_ce * onehot, with a = A * onehot + C
+                p_label = torch.gather(p, 1, label.expand(heads_count, 1, -1), out=scratch("at label", heads_count, 1))
+                label_a_p = torch.index_select(a_b, 1, label, out=scratch("a at label", heads_count))
+                label_a_p.mul_(p_label.view(heads_count, -1))
+                inner = torch.bmm(c_b, p, out=scratch("<a, p>", heads_count, 1)).add_(label_a_p[:, None])
+                grad = torch.sub(off_label[:, b], inner, out=scratch("grad", heads_count, classes)).mul_(p)
+                grad.addcmul_(_onehot(label, class_index, scratch), label_a_p.sub_(ce_scale)[:, None])
+                for r, i in enumerate(supervised):
+                    heads[i].backward_block(b, block, grad[r], grads[i], scratch)
 
     result: list[torch.Tensor | None] = []
     for i, head in enumerate(heads):

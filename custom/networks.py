@@ -75,9 +75,15 @@ class DeferredLogits(NamedTuple):
     kernel block. Keeping the logits in this form lets a loss upsample them block by block instead of
     holding a full-resolution tensor per head.
 
+    A head without upsampling goes one step further: its 1x1x1 convolution is a transposed convolution
+    of kernel and stride 1, so ``low_res`` is then the tapped feature map itself and ``weight`` the
+    convolution's, and the loss applies it block by block instead of holding the head's
+    full-resolution logits.
+
     Attributes:
-        low_res: ``(B, K, *spatial)`` logits of the head's 1x1x1 convolution, at the tap's resolution.
-        weight: ``(K, K, *scale)`` transposed-convolution kernel of the whole upsampling.
+        low_res: ``(B, C, *spatial)`` at the tap's resolution: the logits of the head's 1x1x1
+            convolution (``C = K``), or for a head of scale 1 the tapped features.
+        weight: ``(C, K, *scale)`` transposed-convolution kernel of the whole upsampling.
         bias: ``(K, *scale)`` bias of each position inside a kernel block.
     """
 
@@ -99,24 +105,6 @@ class DeferredLogits(NamedTuple):
             blocks += [size, factor]
             block_bias += [1, factor]
         return (logits.view(blocks) + self.bias.to(logits.dtype).view(block_bias)).view(logits.shape)
-
-
-def _compose_transposed(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
-    """Kernel of ``second`` applied after ``first``, both transposed convolutions with kernel = stride.
-
-    Args:
-        first: ``(I, M, *a)`` kernel.
-        second: ``(M, O, *s)`` kernel.
-
-    Returns:
-        The ``(I, O, *(a * s))`` kernel; output position ``a_i * s_i + s_i'`` along each axis.
-    """
-    dims = first.dim() - 2
-    product = torch.einsum("ima,mos->ioas", first.flatten(2), second.flatten(2))
-    product = product.reshape(*product.shape[:2], *first.shape[2:], *second.shape[2:])
-    interleaved = [0, 1] + [axis for d in range(dims) for axis in (2 + d, 2 + dims + d)]
-    sizes = [a * s for a, s in zip(first.shape[2:], second.shape[2:])]
-    return product.permute(interleaved).reshape(*product.shape[:2], *sizes)
 
 
 class BottleneckHead(nn.Module):
@@ -151,23 +139,29 @@ class BottleneckHead(nn.Module):
     def composed_upsampling(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The whole upsampling chain as one transposed convolution: ``(weight, bias)`` of :class:`DeferredLogits`.
 
-        Computed in float32 even under autocast: the kernel is a few thousand numbers, and rounding
-        it would make the deferred logits differ from :meth:`forward`'s.
+        The chain is linear plus a bias, so its response to each one-hot logit vector, less its response to
+        zeros, is the composed kernel, and its response to zeros the composed bias: a few tiny transposed
+        convolutions of the head's own modules. Computed in float32 even under autocast: the kernel is a
+        few thousand numbers, and rounding it would make the deferred logits differ from :meth:`forward`'s.
         """
         reference = self.to_logits.weight
         classes, dims = reference.shape[0], reference.dim() - 2
-        ones = [1] * dims
         with torch.autocast(reference.device.type, enabled=False):
-            weight = torch.eye(classes, dtype=reference.dtype, device=reference.device).view(classes, classes, *ones)
-            bias = reference.new_zeros(classes, *ones)
+            impulses = torch.eye(classes + 1, classes, dtype=reference.dtype, device=reference.device)
+            response = impulses.view(classes + 1, classes, *[1] * dims)  # one-hot logits, then zeros
             for step in self.steps:
-                conv = self.upsample[_stride_key(step)]
-                weight = _compose_transposed(weight, conv.weight)
-                bias = _compose_transposed(bias[None], conv.weight)[0] + conv.bias.view(classes, *ones)
-        return weight, bias
+                response = self.upsample[_stride_key(step)](response)
+        bias = response[classes]
+        return response[:classes] - bias, bias
 
     def defer(self, features: torch.Tensor) -> DeferredLogits:
-        """The head's logits in the deferred form: the 1x1x1 convolution is applied, the upsampling is not."""
+        """The head's logits in the deferred form: the 1x1x1 convolution is applied, the upsampling is not.
+
+        A head without upsampling defers its convolution too (see :class:`DeferredLogits`).
+        """
+        if not self.steps:
+            conv = self.to_logits
+            return DeferredLogits(features, conv.weight.transpose(0, 1), conv.bias.view(-1, *conv.weight.shape[2:]))
         return DeferredLogits(self.to_logits(features), *self.composed_upsampling())
 
 

@@ -21,6 +21,8 @@ from monai.data import load_net_with_metadata
 from monai.networks.nets import UNETR
 
 from custom.definitions import TERM_NAMES
+from custom.losses import DSDLoss
+from custom.networks import DeferredLogits, DSDNet
 
 __all__ = [
     "BAD_MMWHS_CASES",
@@ -38,7 +40,10 @@ __all__ = [
     "assert_plain_unetr_training_outputs",
     "break_mmwhs_dataset",
     "cli_overrides",
+    "deferred_heads",
     "error_chain",
+    "head_terms",
+    "leaves_of",
     "run_cli",
     "network_overrides",
     "run_console",
@@ -46,6 +51,7 @@ __all__ = [
     "tiny_network",
     "tiny_train_workflow",
     "torchrun",
+    "tiny_unetr_dsd",
     "train_bundle_copy",
 ]
 
@@ -449,3 +455,58 @@ def break_mmwhs_dataset(source: Path, data_dir: Path, faults: Sequence[DataFault
     for fault in faults:
         fault.make(data_dir)
     return data_dir
+def deferred_heads(
+    spatial: Sequence[int],
+    scales: Sequence[int | Sequence[int]],
+    classes: int,
+    dtype: torch.dtype = torch.float64,
+    seed: int = 0,
+    batch: int = 2,
+) -> list[DeferredLogits]:
+    """Deferred logits of the given scales with random kernels and position-dependent biases, as leaves."""
+    g = torch.Generator().manual_seed(seed)
+    heads = []
+    for s in scales:
+        s = (s,) * len(spatial) if isinstance(s, int) else tuple(s)
+        low = [n // f for n, f in zip(spatial, s)]
+        tensors = (
+            2 * torch.randn(batch, classes, *low, generator=g, dtype=dtype),
+            torch.randn(classes, classes, *s, generator=g, dtype=dtype) / 2,
+            torch.randn(classes, *s, generator=g, dtype=dtype) / 2,
+        )
+        heads.append(DeferredLogits(*(t.requires_grad_() for t in tensors)))
+    return heads
+def head_terms(
+    loss: DSDLoss, encoders: Sequence[DeferredLogits], decoders: Sequence[DeferredLogits], target: torch.Tensor,
+    upsample: bool,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The heads' terms summed (the main output's term left out) and every term, blockwise or at full resolution."""
+    if upsample:
+        encoders, decoders = [h.upsample() for h in encoders], [h.upsample() for h in decoders]
+    head = decoders[0]
+    reference, classes = (head.low_res, head.weight.shape[1]) if isinstance(head, DeferredLogits) else (head, head.shape[1])
+    pred = torch.zeros(target.shape[0], classes, *target.shape[2:], dtype=reference.dtype, device=reference.device)
+    total = loss({"pred": pred, "encoder": list(encoders), "decoder": list(decoders)}, target)
+    return total - loss.latest_terms["main_dice_ce"], loss.latest_terms
+def leaves_of(heads: Sequence[DeferredLogits]) -> list[torch.Tensor]:
+    """Every tensor of every head."""
+    return [t for head in heads for t in head]
+def tiny_unetr_dsd(classes: int, defer: bool, size: int = 16) -> DSDNet:
+    """A seeded tiny UNETR with the paper's taps, its heads' upsampling biases made non-zero."""
+    torch.manual_seed(0)
+    backbone = UNETR(
+        1, classes, img_size=size, feature_size=4, hidden_size=24, mlp_dim=48, num_heads=4, proj_type="perceptron"
+    )
+    net = DSDNet(
+        backbone,
+        ["encoder1", "encoder2", "encoder3", "encoder4"],
+        ["decoder3", "decoder4", "decoder5", "decoder5:input"],
+        num_classes=classes,
+        in_channels=1,
+        roi_size=(size,) * 3,
+        defer_upsampling=defer,
+    )
+    for head in net.heads.values():
+        for conv in head.upsample.values():
+            torch.nn.init.normal_(conv.bias, std=0.3)
+    return net

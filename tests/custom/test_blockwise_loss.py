@@ -8,7 +8,8 @@ import torch
 import custom.blockwise_loss as blockwise_loss
 from custom.blockwise_loss import DiceCESettings, KLGroup, blockwise_head_terms
 from custom.losses import DSDLoss
-from custom.networks import BottleneckHead, DeferredLogits, DSDNet
+from custom.networks import BottleneckHead, DeferredLogits
+from tests.helpers import deferred_heads, head_terms, leaves_of, tiny_unetr_dsd
 
 K = 3
 
@@ -18,38 +19,6 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 ISOTROPIC = ((16, 16, 16), [1, 2, 4, 8], [2, 4, 8, 16])
 # DynUNet with in-plane-only first downsampling: scales (1,1,1), (2,2,1), (4,4,2), (8,8,4)
 ANISOTROPIC = ((16, 16, 8), [(1, 1, 1), (2, 2, 1), (4, 4, 2)], [(2, 2, 1), (4, 4, 2), (8, 8, 4)])
-
-
-def _scale(s) -> tuple[int, ...]:
-    return (s,) * 3 if isinstance(s, int) else tuple(s)
-
-
-def _heads(spatial, scales, dtype=torch.float64, seed=0, batch=2):
-    """Deferred logits with random kernels and position-dependent biases, as leaves."""
-    g = torch.Generator().manual_seed(seed)
-    heads = []
-    for s in map(_scale, scales):
-        low = [n // f for n, f in zip(spatial, s)]
-        tensors = (
-            2 * torch.randn(batch, K, *low, generator=g, dtype=dtype),
-            torch.randn(K, K, *s, generator=g, dtype=dtype) / 2,
-            torch.randn(K, *s, generator=g, dtype=dtype) / 2,
-        )
-        heads.append(DeferredLogits(*(t.requires_grad_() for t in tensors)))
-    return heads
-
-
-def _total_and_terms(loss: DSDLoss, encoders, decoders, target, upsample: bool):
-    """The head terms' sum (the main output's term left out) and every term, blockwise or at full resolution."""
-    if upsample:
-        encoders, decoders = [h.upsample() for h in encoders], [h.upsample() for h in decoders]
-    pred = torch.zeros(target.shape[0], K, *target.shape[2:], dtype=torch.float64)
-    total = loss({"pred": pred, "encoder": encoders, "decoder": decoders}, target)
-    return total - loss.latest_terms["main_dice_ce"], loss.latest_terms
-
-
-def _leaves(heads):
-    return [t for head in heads for t in head]
 
 
 def _grads(total, leaves):
@@ -74,18 +43,18 @@ CASES = {
 def test_blockwise_terms_and_gradients_equal_eq4(case, geometry, block_voxels, monkeypatch):
     monkeypatch.setitem(blockwise_loss.BLOCK_VOXELS, "cpu", block_voxels)
     spatial, encoder_scales, decoder_scales = geometry
-    encoders, decoders = _heads(spatial, encoder_scales), _heads(spatial, decoder_scales, seed=1)
+    encoders, decoders = deferred_heads(spatial, encoder_scales, K), deferred_heads(spatial, decoder_scales, K, seed=1)
     target = torch.randint(0, K, (2, 1, *spatial), generator=torch.Generator().manual_seed(2))
     weights = {"eta": 0.7, "alpha1": 0.5, "alpha2": 0.3, "tau": 3.0}
 
     kwargs = {**weights, **CASES[case]}
-    total, terms = _total_and_terms(DSDLoss(**kwargs), encoders, decoders, target, upsample=False)
-    expected_total, expected_terms = _total_and_terms(DSDLoss(**kwargs), encoders, decoders, target, upsample=True)
+    total, terms = head_terms(DSDLoss(**kwargs), encoders, decoders, target, upsample=False)
+    expected_total, expected_terms = head_terms(DSDLoss(**kwargs), encoders, decoders, target, upsample=True)
 
     for name, value in expected_terms.items():
         torch.testing.assert_close(terms[name], value, rtol=1e-10, atol=1e-12)
     assert sum(float(v) for k, v in expected_terms.items() if k not in ("total", "main_dice_ce")) > 0
-    leaves = _leaves(encoders + decoders)
+    leaves = leaves_of(encoders + decoders)
     for grad, expected in zip(_grads(total, leaves), _grads(expected_total, leaves)):
         if expected is None:
             assert grad is None or not grad.any()
@@ -110,6 +79,8 @@ def test_deferred_logits_upsample_like_the_head(spatial_dims, scale, features):
     x = torch.randn(*features, dtype=torch.float64)
     deferred = head.defer(x)
     assert deferred.scale == scale
+    # a head without upsampling defers its 1x1x1 convolution too: the loss applies it block by block
+    assert (deferred.low_res is x) == (scale == (1,) * spatial_dims)
     torch.testing.assert_close(deferred.upsample(), head(x), rtol=1e-12, atol=1e-12)
 
 
@@ -124,33 +95,13 @@ def test_digit_order_round_trip():
     assert blockwise_loss._digits_first(line, [(2, 1, 1)], (2, 1, 1)).flatten().tolist() == [0.0, 2.0, 1.0, 3.0]
 
 
-def _tiny_unetr_dsd(defer: bool) -> DSDNet:
-    from monai.networks.nets import UNETR
-
-    torch.manual_seed(0)
-    backbone = UNETR(1, K, img_size=16, feature_size=4, hidden_size=24, mlp_dim=48, num_heads=4, proj_type="perceptron")
-    net = DSDNet(
-        backbone,
-        ["encoder1", "encoder2", "encoder3", "encoder4"],
-        ["decoder3", "decoder4", "decoder5", "decoder5:input"],
-        num_classes=K,
-        in_channels=1,
-        roi_size=(16, 16, 16),
-        defer_upsampling=defer,
-    )
-    for head in net.heads.values():
-        for conv in head.upsample.values():
-            torch.nn.init.normal_(conv.bias, std=0.3)
-    return net
-
-
 def test_deferred_network_trains_like_the_full_resolution_one():
     """A whole training step in float64: loss terms and every parameter's gradient agree."""
     image = torch.randn(2, 1, 16, 16, 16, dtype=torch.float64)
     label = torch.randint(0, K, (2, 1, 16, 16, 16))
     results = []
     for defer in (False, True):
-        net = _tiny_unetr_dsd(defer).double().train()
+        net = tiny_unetr_dsd(K, defer).double().train()
         loss = DSDLoss()
         outputs = net(image)
         assert all(isinstance(h, DeferredLogits) == defer for h in outputs["encoder"] + outputs["decoder"])
@@ -170,14 +121,14 @@ def test_float32_loss_equals_reference_to_1e5():
     values = []
     for defer in (False, True):
         loss = DSDLoss()
-        loss(_tiny_unetr_dsd(defer).train()(image), label)
+        loss(tiny_unetr_dsd(K, defer).train()(image), label)
         values.append(loss.latest_terms)
     for name, value in values[0].items():
         torch.testing.assert_close(values[1][name], value, rtol=1e-5, atol=1e-6)
 
 
 def test_eval_mode_is_the_bare_backbone():
-    net = _tiny_unetr_dsd(True).eval()
+    net = tiny_unetr_dsd(K, True).eval()
     image = torch.randn(1, 1, 16, 16, 16)
     with torch.no_grad():
         assert torch.equal(net(image), net.backbone(image))
@@ -185,12 +136,12 @@ def test_eval_mode_is_the_bare_backbone():
 
 def test_scales_without_shared_order_fall_back_to_full_resolution():
     spatial = (4, 4, 4)
-    heads = _heads(spatial, [(2, 1, 1), (1, 2, 1)])  # neither scale is a step of the other's
+    heads = deferred_heads(spatial, [(2, 1, 1), (1, 2, 1)], K)  # neither scale is a step of the other's
     target = torch.randint(0, K, (2, 1, *spatial))
     settings = DiceCESettings()
     assert blockwise_head_terms(heads, target, [0, 1], [KLGroup(0, (1,))], 3.0, False, settings) is None
-    total, terms = _total_and_terms(DSDLoss(), heads[:1], heads, target, upsample=False)
-    expected_total, expected_terms = _total_and_terms(DSDLoss(), heads[:1], heads, target, upsample=True)
+    total, terms = head_terms(DSDLoss(), heads[:1], heads, target, upsample=False)
+    expected_total, expected_terms = head_terms(DSDLoss(), heads[:1], heads, target, upsample=True)
     torch.testing.assert_close(total, expected_total)
 
 
@@ -210,28 +161,28 @@ def test_scales_without_shared_order_fall_back_to_full_resolution():
 def test_dice_ce_options_reproduced_or_computed_at_full_resolution(kwargs, reproduced):
     assert (DiceCESettings.from_kwargs(kwargs) is not None) == reproduced
     spatial, encoder_scales, decoder_scales = ISOTROPIC
-    encoders, decoders = _heads(spatial, encoder_scales), _heads(spatial, decoder_scales, seed=1)
+    encoders, decoders = deferred_heads(spatial, encoder_scales, K), deferred_heads(spatial, decoder_scales, K, seed=1)
     target = torch.randint(0, K, (2, 1, *spatial))
     if kwargs.get("sigmoid"):
         return  # a sigmoid DiceCE wants one-hot labels; its reproduction is what matters here
-    total, _ = _total_and_terms(DSDLoss(dice_ce_kwargs=kwargs), encoders, decoders, target, upsample=False)
-    expected, _ = _total_and_terms(DSDLoss(dice_ce_kwargs=kwargs), encoders, decoders, target, upsample=True)
+    total, _ = head_terms(DSDLoss(dice_ce_kwargs=kwargs), encoders, decoders, target, upsample=False)
+    expected, _ = head_terms(DSDLoss(dice_ce_kwargs=kwargs), encoders, decoders, target, upsample=True)
     torch.testing.assert_close(total, expected, rtol=1e-10, atol=1e-12)
 
 
 def test_half_precision_heads_are_computed_in_float32():
     spatial, encoder_scales, decoder_scales = ISOTROPIC
-    heads = _heads(spatial, encoder_scales + decoder_scales, dtype=torch.bfloat16)
+    heads = deferred_heads(spatial, encoder_scales + decoder_scales, K, dtype=torch.bfloat16)
     target = torch.randint(0, K, (2, 1, *spatial))
     terms = blockwise_head_terms(heads, target, [4, 5], [KLGroup(3, (0, 1, 2))], 3.0, False, DiceCESettings())
     assert all(t.dtype == torch.float32 for t in terms)
     sum(terms).backward()
-    assert all(t.grad.dtype == torch.bfloat16 and torch.isfinite(t.grad.float()).all() for t in _leaves(heads[:6]))
+    assert all(t.grad.dtype == torch.bfloat16 and torch.isfinite(t.grad.float()).all() for t in leaves_of(heads[:6]))
 
 
 def test_second_backward_is_refused():
     spatial, encoder_scales, _ = ISOTROPIC
-    heads = _heads(spatial, encoder_scales)
+    heads = deferred_heads(spatial, encoder_scales, K)
     target = torch.randint(0, K, (2, 1, *spatial))
     total = sum(blockwise_head_terms(heads, target, [0], [KLGroup(3, (0, 1, 2))], 3.0, False, DiceCESettings()))
     total.backward(retain_graph=True)
@@ -244,6 +195,35 @@ def test_second_backward_is_refused():
 )
 def test_mismatched_labels_are_named(target_shape, match):
     spatial, encoder_scales, _ = ISOTROPIC
-    heads = _heads(spatial, encoder_scales)
+    heads = deferred_heads(spatial, encoder_scales, K)
     with pytest.raises(ValueError, match=match):
         blockwise_head_terms(heads, torch.zeros(target_shape, dtype=torch.long), [0], [], 3.0, False, DiceCESettings())
+
+
+def test_a_head_in_two_groups_is_refused():
+    spatial, encoder_scales, _ = ISOTROPIC
+    heads = deferred_heads(spatial, encoder_scales, K)
+    target = torch.randint(0, K, (2, 1, *spatial))
+    groups = [KLGroup(3, (0, 1)), KLGroup(2, (1,))]
+    with pytest.raises(ValueError, match="one distillation group"):
+        blockwise_head_terms(heads, target, [0], groups, 3.0, False, DiceCESettings())
+
+
+def test_identical_twice_with_deterministic_algorithms(monkeypatch):
+    monkeypatch.setitem(blockwise_loss.BLOCK_VOXELS, "cpu", 64)  # a gathered head and many blocks
+    spatial, encoder_scales, decoder_scales = ISOTROPIC
+    target = torch.randint(0, K, (2, 1, *spatial))
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        runs = []
+        for _ in range(2):
+            encoders = deferred_heads(spatial, encoder_scales, K, dtype=torch.float32)
+            decoders = deferred_heads(spatial, decoder_scales, K, dtype=torch.float32, seed=1)
+            total, terms = head_terms(DSDLoss(), encoders, decoders, target, upsample=False)
+            runs.append((terms, _grads(total, leaves_of(encoders + decoders))))
+    finally:
+        torch.use_deterministic_algorithms(previous)
+    (terms, grads), (terms_again, grads_again) = runs
+    assert all(torch.equal(terms[name], terms_again[name]) for name in terms)
+    assert all(torch.equal(a, b) for a, b in zip(grads, grads_again))

@@ -7,20 +7,65 @@ import json
 import pytest
 import torch
 
-from dsd_lab.benchmarks.step_cost import Setup, _build
+from dsd_lab.benchmarks import step_cost
+from dsd_lab.benchmarks.host import copy_bandwidth
+from dsd_lab.benchmarks.step_cost import RATIOS, Setup, TrainingStep, _build, default_amp_dtype
 from dsd_lab.benchmarks.step_cost import benchmark as main
 
+TINY = {"backbone": "unetr_tiny", "size": 16, "batch": 1, "classes": 3}
 
-def test_bench_prints_and_writes_every_figure(tmp_path, capsys):
+
+def test_bench_prints_and_writes_every_figure(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("dsd_lab.benchmarks.host.copy_bandwidth", lambda device: copy_bandwidth(device, megabytes=8))
     out = tmp_path / "bench.json"
-    results = main(backbone="unetr_tiny", size=16, batch=1, classes=3, steps=1, json=str(out))
+    results = main(**TINY, steps=1, json=str(out))
     printed = capsys.readouterr().out
     assert json.loads(out.read_text()) == results
-    for key in ("step_ratio_ds", "step_ratio_dsd", "memory_ratio_ds", "memory_ratio_dsd", "eval_ratio"):
-        assert results[key] > 0
-        assert f"{key}: {results[key]:.4g}" in printed
+    (run,) = results["runs"]
+    for key in RATIOS + ("predicted_step_ratio_dsd_bytes", "predicted_step_ratio_dsd_bytes_operators"):
+        assert run[key] > 0 and results["median"][key] == results["worst"][key] == run[key]
+        assert f"{key}:" in printed
     for variant in ("basic", "ds", "dsd"):
-        assert results[f"step_s_{variant}"] > 0 and results[f"memory_bytes_{variant}"] > 0
+        assert run[f"step_s_{variant}"] > 0 and run[f"memory_bytes_{variant}"] > 0
+    assert run["cpu"] and run["threads"] >= 1 and run["copy_bandwidth_gbps"] > 0 and run["operator_latency_us"] > 0
+    counts = results["model"]["counts"]
+    assert counts["host_dsd"]["bytes"] > counts["host_basic"]["bytes"] > 0
+    assert counts["gpu_dsd"]["operators"] > counts["gpu_basic"]["operators"]
+    assert {"H100 SXM", "H200 SXM"} <= set(results["model"]["gpu"])
+    assert "(a prediction, bf16)" in printed
+
+
+def test_repeats_print_every_run_with_median_and_worst(monkeypatch, capsys):
+    ratios = iter([1.2, 1.0, 1.1])
+
+    def fake_run(setup, device, steps):
+        value = next(ratios)
+        return {"cpu": "x", "threads": 2, "copy_bandwidth_gbps": 9.0, "operator_latency_us": 5.0, "step_s_basic": 1.0, "step_s_dsd": value,
+                "memory_bytes_basic": 1, **{key: value for key in RATIOS}}
+
+    monkeypatch.setattr(step_cost, "_run_in_subprocess", fake_run)
+    results = main(**TINY, repeat=3, model=False)
+    assert len(results["runs"]) == 3
+    assert results["median"]["step_ratio_dsd"] == 1.1 and results["worst"]["step_ratio_dsd"] == 1.2
+    printed = capsys.readouterr().out
+    assert "run 1" in printed and "run 3" in printed
+    assert "step_ratio_dsd:   1.200   1.000   1.100    1.100    1.200" in printed
+
+
+@pytest.mark.parametrize("options, message", [({"repeat": 0}, "--repeat"), ({"amp_dtype": "float8"}, "amp_dtype")])
+def test_bad_options_fail_clearly(options, message):
+    with pytest.raises(ValueError, match=message):
+        main(**TINY, **options)
+
+
+@pytest.mark.parametrize("amp_dtype, scaled", [("float16", True), ("bfloat16", False)])
+def test_amp_steps_as_the_bundles_train(amp_dtype, scaled):
+    step = TrainingStep("dsd", Setup(**TINY, amp_dtype=amp_dtype), torch.device("cpu"))
+    assert (step.scaler is not None) == scaled  # float16 trains with a GradScaler, bfloat16 without
+    step.run_step()
+    assert all(torch.isfinite(p).all() for p in step.net.parameters())
+    assert all(torch.isfinite(v) for v in step.loss.latest_terms.values())
+    assert default_amp_dtype(torch.device("cpu")) == "bfloat16"
 
 
 @pytest.mark.parametrize("reference", [False, True])

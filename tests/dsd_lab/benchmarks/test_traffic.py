@@ -1,0 +1,56 @@
+"""The bytes-moved model: what each kind of operator reads and writes, and the ratios the counts predict."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dsd_lab.benchmarks.traffic import Gpu, Traffic, TrafficCounter, gpu_step_seconds, host_ratio
+
+N = 1000
+FLOAT = 4
+
+
+def _counted(step) -> Traffic:
+    with TrafficCounter() as counter:
+        step()
+    return counter.traffic
+
+
+@pytest.mark.parametrize(
+    "name, step, expected",
+    [
+        ("add reads two, writes one", lambda x, y, i: x + y, 3 * N * FLOAT),
+        ("in-place add reads its target", lambda x, y, i: x.add_(y), 3 * N * FLOAT),
+        ("fill only writes", lambda x, y, i: x.fill_(1.0), N * FLOAT),
+        ("copy reads its source, writes its target", lambda x, y, i: x.copy_(y), 2 * N * FLOAT),
+        ("views are free", lambda x, y, i: x.view(10, 100).t()[:5], 0),
+        ("a broadcast operand counts once", lambda x, y, i: x + y[:1].expand(N), (2 * N + 1) * FLOAT),
+        ("a gather reads what it writes and its index", lambda x, y, i: x.index_select(0, i), 10 * (2 * FLOAT + 8)),
+        ("out= is written, not read", lambda x, y, i: torch.mul(x, y, out=torch.empty(N)), 3 * N * FLOAT),
+        ("a scatter moves its source", lambda x, y, i: x.index_copy_(0, i, y[:10]), 10 * (2 * FLOAT + 8)),
+    ],
+)
+def test_bytes_of_each_kind_of_operator(name, step, expected):
+    x, y, index = torch.ones(N), torch.ones(N), torch.arange(10)
+    traffic = _counted(lambda: step(x, y, index))
+    assert traffic.bytes == expected, name
+    assert len(traffic.operators) == (expected > 0)
+
+
+@pytest.mark.parametrize("inplace", [False, True])
+def test_matmul_flops(inplace):
+    a, b, c = torch.ones(4, 5), torch.ones(5, 6), torch.zeros(4, 6)
+    traffic = _counted(lambda: c.addmm_(a, b) if inplace else torch.mm(a, b))
+    assert traffic.flops == 2 * 4 * 5 * 6
+    assert traffic.bytes == (20 + 30 + 24 + 24 * inplace) * FLOAT
+
+
+def test_predicted_ratios():
+    basic, dsd = Traffic([(0, 100)]), Traffic([(0, 100), (0, 50)])
+    assert host_ratio(basic, dsd, bandwidth=10.0, basic_step_s=50.0) == pytest.approx(1.1)
+    # one extra operator at 5 s of latency adds 5 s to the 50 s step
+    assert host_ratio(basic, dsd, bandwidth=10.0, basic_step_s=50.0, latency_s=5.0) == pytest.approx(1.2)
+    gpu = Gpu("test", bandwidth=100.0, bf16_flops=1000.0, launch_s=0.1)
+    # each operator takes the longest of its compute, its memory traffic and one launch
+    assert gpu_step_seconds(Traffic([(5000, 100), (10, 300), (1, 1)]), gpu) == pytest.approx(5.0 + 3.0 + 0.1)
