@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import os
+import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from dsd_lab.cli import verbose
 
 __all__ = [
     "BUNDLES_DIR",
@@ -18,6 +22,37 @@ __all__ = [
     "run_bundle",
 ]
 
+#: A logging config (``logging.config.fileConfig``) that writes the whole log to ``{path}`` and shows warnings and
+#: errors on the console.
+_LOG_TO_FILE = """[loggers]
+keys=root
+
+[handlers]
+keys=console,file
+
+[formatters]
+keys=full
+
+[logger_root]
+level=INFO
+handlers=console,file
+
+[handler_console]
+class=StreamHandler
+level=WARNING
+formatter=full
+args=(sys.stderr,)
+
+[handler_file]
+class=FileHandler
+level=INFO
+formatter=full
+args=({path}, "a")
+
+[formatter_full]
+format=%(asctime)s - %(name)s - %(levelname)s - %(message)s
+"""
+
 #: The bundles of this repository (the lab runs from a source checkout, e.g. an editable install).
 BUNDLES_DIR = Path(__file__).resolve().parents[1] / "bundles"
 TRAIN_CONFIG = "train.json"
@@ -25,7 +60,12 @@ EVALUATE_CONFIG = "evaluate.json"
 
 
 def run_bundle(
-    run_id: str, config_files: Sequence[str], bundle_dir: str | os.PathLike, tracking: Any = None, **overrides: Any
+    run_id: str,
+    config_files: Sequence[str],
+    bundle_dir: str | os.PathLike,
+    tracking: Any = None,
+    log_file: str | os.PathLike | None = None,
+    **overrides: Any,
 ) -> None:
     """Run one bundle workflow in this process, exactly as ``python -m monai.bundle run`` does.
 
@@ -34,20 +74,29 @@ def run_bundle(
         config_files: config file names in the bundle's ``configs/`` folder, merged in order.
         bundle_dir: the bundle root.
         tracking: MONAI's experiment tracking: ``None``, ``"mlflow"`` or a settings dict.
+        log_file: where the run's whole log goes (appended), instead of the console, which then shows warnings
+            and errors only, and a progress bar for the epochs where it is a terminal. ``None`` logs to the
+            console as the bundle's ``logging.conf`` says, as does :func:`dsd_lab.cli.verbose`.
         overrides: config ids and their new values.
     """
     from monai.bundle import run
 
     configs = Path(bundle_dir) / "configs"
-    run(
-        run_id,
-        config_file=[str(configs / name) for name in config_files],
-        meta_file=str(configs / "metadata.json"),
-        logging_file=str(configs / "logging.conf"),
-        bundle_root=str(bundle_dir),
-        tracking=tracking,
-        **overrides,
-    )
+    with tempfile.TemporaryDirectory() as scratch:
+        logging_file = configs / "logging.conf"
+        if log_file is not None and not verbose():
+            logging_file = Path(scratch) / "logging.conf"
+            logging_file.write_text(_LOG_TO_FILE.format(path=repr(str(Path(log_file).resolve()))))
+            overrides = {"progress_bar": sys.stderr.isatty(), **overrides}
+        run(
+            run_id,
+            config_file=[str(configs / name) for name in config_files],
+            meta_file=str(configs / "metadata.json"),
+            logging_file=str(logging_file),
+            bundle_root=str(bundle_dir),
+            tracking=tracking,
+            **overrides,
+        )
 
 
 def bundle_config(bundle_dir: str | os.PathLike, config_files: Sequence[str] = (TRAIN_CONFIG,)):
@@ -70,7 +119,7 @@ def bundle_has_folds(bundle_dir: str | os.PathLike) -> bool:
 
 
 def report_classes(bundle_dir: str | os.PathLike) -> list[str]:
-    """Names of the evaluated classes (or regions), in the order of MetricsSaver's ``class0, class1, ...`` rows.
+    """Names of the evaluated classes (or regions), as the evaluation's metric files name them, in channel order.
 
     Raises:
         KeyError: when the bundle's evaluate.json does not define ``report_classes``.
