@@ -46,6 +46,7 @@ OWN_VALUES: dict[str, dict[str, str]] = {
     },
     "evaluate.json": {
         "report_classes": "the dataset's classes or regions",
+        "label_classes": "BraTS also reports its labels beside its regions",
         "evaluate_data": "validation fold for MM-WHS, a split of the fixed split for MSD tasks",
         "evaluate_split": "a split of the fixed split for MSD tasks",
         "validate#original_label_transforms": "the dataset's label codes",
@@ -84,6 +85,9 @@ OWN_VALUES: dict[str, dict[str, str]] = {
         "eval_metrics": "the bundle's own results",
         "references": "the dataset's own references",
         "network_data_format": "the dataset's inputs and classes",
+    },
+    "mlflow.json": {
+        "configs#trainer#experiment_param": "the data split's own parameters: the fold, or the fixed split's seed",
     },
     "backbone_dynunet.json": {
         "dynunet_filters": "the bottleneck's width per dataset",
