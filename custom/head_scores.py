@@ -87,8 +87,9 @@ class HeadDice(Metric):
             with torch.no_grad():
                 logits = self.inferer(torch.as_tensor(image)[None].to(device), self.network.head_outputs)
             target = self._one_hot(torch.as_tensor(label)[None].to(device))
-            for index, head_logits in enumerate(logits.values()):
-                prediction = one_hot(head_logits.argmax(dim=1, keepdim=True), self.num_classes)
+            taps = [*self.network.encoder_taps, *self.network.decoder_taps]
+            for index, tap in enumerate(taps):  # by tap: a sliding window returns the dictionary's keys sorted
+                prediction = one_hot(logits[tap].argmax(dim=1, keepdim=True), self.num_classes)
                 dice = compute_dice(prediction, target, include_background=self.include_background)
                 present = dice[~torch.isnan(dice)]
                 if present.numel():

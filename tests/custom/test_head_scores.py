@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn as nn
-from monai.inferers import SimpleInferer
+from monai.inferers import SlidingWindowInferer
 from monai.networks.utils import one_hot
 
 from custom.head_scores import HeadDice, head_metric_names
@@ -45,31 +45,35 @@ def test_metric_names_follow_the_paper_and_suit_mlflow():
 
 
 class _Oracle(nn.Module):
-    """Two heads: one that copies the label, one that sees background only."""
+    """Two heads that read the label from the image: one copies it, one sees background only.
+
+    The taps are named against the alphabet, so that a dictionary put in sorted order would swap them."""
 
     encoder_taps, decoder_taps = ["copy"], ["blind"]
 
-    def __init__(self, label: torch.Tensor) -> None:
+    def __init__(self) -> None:
         super().__init__()
-        self.label = label
         self.weight = nn.Parameter(torch.zeros(1))
 
     def head_outputs(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        copy = 10.0 * one_hot(self.label[None], K)
+        copy = 10.0 * one_hot(x.round().long(), K)
         blind = torch.zeros_like(copy)
         blind[:, 0] = 1.0
         return {"copy": copy, "blind": blind}
 
 
 @pytest.mark.parametrize("label_channels", [1, K])
-def test_each_head_is_scored_against_the_label(label_channels):
-    label = torch.zeros(1, 6, 6, 6, dtype=torch.long)
-    label[0, :3], label[0, 4:, 4:] = 1, 2
-    metric = HeadDice(_Oracle(label), SimpleInferer(), num_classes=K)
-    given = label if label_channels == 1 else one_hot(label[None], K)[0]
-    metric.update(([torch.rand(1, 6, 6, 6)], [given]))
-    metric.update(([torch.rand(1, 6, 6, 6)], [torch.zeros_like(given) if label_channels == 1 else one_hot(
-        torch.zeros_like(label)[None], K)[0]]))  # no foreground: no Dice, not counted
+def test_each_head_is_scored_against_the_label_through_the_validation_inferer(label_channels):
+    label = torch.zeros(1, 8, 8, 8, dtype=torch.long)
+    label[0, :3], label[0, 5:, 5:] = 1, 2
+    metric = HeadDice(_Oracle(), SlidingWindowInferer(roi_size=(4, 4, 4), overlap=0.5), num_classes=K)
+
+    def as_given(labels: torch.Tensor) -> torch.Tensor:
+        return labels if label_channels == 1 else one_hot(labels[None], K)[0]
+
+    metric.update(([label.float()], [as_given(label)]))
+    empty = torch.zeros_like(label)
+    metric.update(([empty.float()], [as_given(empty)]))  # no foreground: no Dice, not counted
     assert metric.compute() == {"val_head_dice/E1_copy": 1.0, "val_head_dice/D1_blind": 0.0}
     metric.reset()
     assert all(math.isnan(value) for value in metric.compute().values())
