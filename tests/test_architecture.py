@@ -52,7 +52,7 @@ OWN_VALUES: dict[str, dict[str, str]] = {
         "validate#original_label_transforms": "the dataset's label codes",
         "validate#postprocessing": "label codes written back, or region channels",
         "validate#key_metric": "region Dice for BraTS",
-        "validate#additional_metrics": "region and label HD95 for BraTS",
+        "validate#additional_metrics": "region and label HD95 for BraTS; the others turn off training's head scores",
         "validate#handlers": "the metrics each dataset reports",
     },
     "inference.json": {
