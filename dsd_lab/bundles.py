@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging.config
 import os
 import sys
 import tempfile
@@ -22,36 +23,37 @@ __all__ = [
     "run_bundle",
 ]
 
-#: A logging config (``logging.config.fileConfig``) that writes the whole log to ``{path}`` and shows warnings and
-#: errors on the console.
-_LOG_TO_FILE = """[loggers]
-keys=root
+#: MONAI's module loggers that print to stdout by themselves rather than through the root logger.
+MONAI_LOGGERS = (
+    "monai.bundle.scripts",
+    "monai.bundle.workflows",
+    "monai.handlers.StatsHandler",
+    "monai.handlers.mlflow_handler",
+    "monai.data.image_writer",
+    "monai.inferers.inferer",
+    "monai.transforms.compose",
+    "monai.networks.utils",
+)
 
-[handlers]
-keys=console,file
 
-[formatters]
-keys=full
+def _log_to_file_config(log_file: str | os.PathLike) -> str:
+    """A ``logging.config.fileConfig`` text: the whole log to ``log_file``, warnings and errors to the console."""
+    loggers = [f"monai_{index}" for index in range(len(MONAI_LOGGERS))]
+    sections = [
+        f"[loggers]\nkeys=root,{','.join(loggers)}",
+        "[handlers]\nkeys=console,file",
+        "[formatters]\nkeys=full",
+        "[logger_root]\nlevel=INFO\nhandlers=console,file",
+        *(
+            f"[logger_{key}]\nlevel=INFO\nhandlers=console,file\npropagate=0\nqualname={name}"
+            for key, name in zip(loggers, MONAI_LOGGERS)
+        ),
+        "[handler_console]\nclass=StreamHandler\nlevel=WARNING\nformatter=full\nargs=(sys.stderr,)",
+        f"[handler_file]\nclass=FileHandler\nlevel=INFO\nformatter=full\nargs=({str(Path(log_file).resolve())!r}, 'a')",
+        "[formatter_full]\nformat=%(asctime)s - %(name)s - %(levelname)s - %(message)s",
+    ]
+    return "\n\n".join(sections) + "\n"
 
-[logger_root]
-level=INFO
-handlers=console,file
-
-[handler_console]
-class=StreamHandler
-level=WARNING
-formatter=full
-args=(sys.stderr,)
-
-[handler_file]
-class=FileHandler
-level=INFO
-formatter=full
-args=({path}, "a")
-
-[formatter_full]
-format=%(asctime)s - %(name)s - %(levelname)s - %(message)s
-"""
 
 #: The bundles of this repository (the lab runs from a source checkout, e.g. an editable install).
 BUNDLES_DIR = Path(__file__).resolve().parents[1] / "bundles"
@@ -86,7 +88,8 @@ def run_bundle(
         logging_file = configs / "logging.conf"
         if log_file is not None and not verbose():
             logging_file = Path(scratch) / "logging.conf"
-            logging_file.write_text(_LOG_TO_FILE.format(path=repr(str(Path(log_file).resolve()))))
+            logging_file.write_text(_log_to_file_config(log_file))
+            logging.config.fileConfig(logging_file, disable_existing_loggers=False)  # before MONAI's input summary
             overrides = {"progress_bar": sys.stderr.isatty(), **overrides}
         run(
             run_id,

@@ -23,6 +23,8 @@ __all__ = ["LOG_FILE", "run_experiment"]
 
 #: The whole log of a run's training and evaluation, in its folder; the console shows warnings and progress.
 LOG_FILE = "log.txt"
+#: The checkpoints a training writes in ``models/``: the best by validation, and the last.
+BEST_MODEL, FINAL_MODEL = "model.pt", "model_final.pt"
 
 
 def run_experiment(
@@ -73,6 +75,10 @@ def run_experiment(
         print(f"  trained in {format_seconds(time.perf_counter() - started)}", flush=True)
         record["trained"] = True
         write_record(run_dir, record)
+    models = run_dir / "models"
+    if "ckpt_file" not in overrides and not (models / BEST_MODEL).exists() and (models / FINAL_MODEL).exists():
+        print(f"  no validation ran, so no best model: evaluating the last one, {models / FINAL_MODEL}", flush=True)
+        bundle_overrides["ckpt_file"] = str(models / FINAL_MODEL)
     started = time.perf_counter()
     run_bundle("evaluating", [TRAIN_CONFIG, EVALUATE_CONFIG, *config_files], bundle_dir, **bundle_overrides)
     results = collect_results(run_dir / "eval", report_classes(bundle_dir))
