@@ -148,8 +148,10 @@ class DSDLoss(nn.Module):
         self.latest_terms = {name: value.detach() for name, value in zip(TERM_NAMES, terms)}
         return total
 
-    def _encoder_supervision(self, encoders: Sequence[torch.Tensor | DeferredLogits], target: torch.Tensor) -> torch.Tensor:
-        """``sum_i DiceCE(E_i, G)`` over the encoder heads: blockwise where the heads are deferred, else term by term."""
+    def _encoder_supervision(
+        self, encoders: Sequence[torch.Tensor | DeferredLogits], target: torch.Tensor
+    ) -> torch.Tensor:
+        """``sum_i DiceCE(E_i, G)`` over the encoder heads: blockwise where they are deferred, else term by term."""
         if self.blockwise_settings is not None and any(isinstance(head, DeferredLogits) for head in encoders):
             every_head = list(range(len(encoders)))
             terms = blockwise_head_terms(

@@ -40,7 +40,7 @@ class NamedMetricsSaver(MetricsSaver):
         """The class names of one metric's columns."""
         if isinstance(self.class_names, Mapping):
             if metric not in self.class_names:
-                raise KeyError(f"NamedMetricsSaver: no class names for the metric '{metric}'; give them in class_names.")
+                raise KeyError(f"NamedMetricsSaver: no class names for the metric '{metric}' in class_names.")
             return [str(name) for name in self.class_names[metric]]
         return [str(name) for name in self.class_names]
 

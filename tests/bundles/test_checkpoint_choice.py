@@ -11,7 +11,9 @@ from tests.helpers import BRATS_BUNDLE, HIPPOCAMPUS_BUNDLE, MMWHS_BUNDLE
 
 
 @pytest.mark.parametrize("bundle", [MMWHS_BUNDLE, BRATS_BUNDLE, HIPPOCAMPUS_BUNDLE], ids=lambda p: p.name)
-@pytest.mark.parametrize("config_files", [["inference.json"], ["train.json", "evaluate.json"]], ids=["infer", "evaluate"])
+@pytest.mark.parametrize(
+    "config_files", [["inference.json"], ["train.json", "evaluate.json"]], ids=["infer", "evaluate"]
+)
 def test_a_missing_checkpoint_stops_with_one_line_naming_it_and_the_option(bundle, config_files, tmp_path):
     missing = tmp_path / "models" / "model.pt"
     workflow = ConfigWorkflow(
