@@ -10,7 +10,15 @@ from typing import Any
 
 import fire
 
-__all__ = ["KNOWN_WARNINGS", "VERBOSE_ENV", "VERBOSE_FLAG", "quiet_known_warnings", "run_command", "verbose"]
+__all__ = [
+    "KNOWN_WARNINGS",
+    "VERBOSE_ENV",
+    "VERBOSE_FLAG",
+    "console_arguments",
+    "quiet_known_warnings",
+    "run_command",
+    "verbose",
+]
 
 #: Shows every library warning and the bundles' whole log on the console, as ``--verbose`` does.
 VERBOSE_ENV = "DSD_VERBOSE"
@@ -46,11 +54,20 @@ def quiet_known_warnings() -> None:
         warnings.filterwarnings("ignore", message=message, category=category, module=module)
 
 
-def _take_verbose_flag(argv: Sequence[str] | None) -> list[str]:
-    """The arguments without ``--verbose``; the flag, if given, sets :data:`VERBOSE_ENV` for this process."""
+def console_arguments(argv: Sequence[str] | None) -> list[str]:
+    """A command's arguments without ``--verbose``, the console set up as they ask.
+
+    ``--verbose`` (any position) sets :data:`VERBOSE_ENV` for this process; without it, or the variable, the
+    :data:`KNOWN_WARNINGS` are hidden.
+
+    Args:
+        argv: the arguments; ``None`` reads ``sys.argv``.
+    """
     args = list(sys.argv[1:] if argv is None else argv)
     if VERBOSE_FLAG in args:
         os.environ[VERBOSE_ENV] = "1"
+    if not verbose():
+        quiet_known_warnings()
     return [arg for arg in args if arg != VERBOSE_FLAG]
 
 
@@ -66,7 +83,4 @@ def run_command(component: Callable[..., Any] | dict[str, Callable[..., Any]], a
         argv: the arguments; ``None`` reads ``sys.argv``.
         name: the command's name in help texts.
     """
-    args = _take_verbose_flag(argv)
-    if not verbose():
-        quiet_known_warnings()
-    fire.Fire(component, command=args, name=name, serialize=lambda _: None)
+    fire.Fire(component, command=console_arguments(argv), name=name, serialize=lambda _: None)
