@@ -1,5 +1,5 @@
-"""A run's training curves: every loss term per epoch, the validation Dice and, where validation scored them, the Dice of
-each auxiliary head, from its TensorBoard event files."""
+"""A run's training curves: every loss term per epoch, the validation Dice and, where validation scored them, the
+Dice of each auxiliary head, from its TensorBoard event files."""
 
 from __future__ import annotations
 
