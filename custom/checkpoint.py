@@ -18,6 +18,7 @@ from custom.flags import as_flag
 
 __all__ = [
     "AtomicCheckpointSaver",
+    "BestModelNotice",
     "ResumeCheckpointLoader",
     "atomic_save",
     "checkpoint_best_metric",
@@ -212,4 +213,36 @@ class ResumeCheckpointLoader(CheckpointLoader):
         self.logger.info(
             f"Resumed training from {self.load_path} after epoch {engine.state.epoch} "
             f"(iteration {engine.state.iteration}); continuing to epoch {engine.state.max_epochs}."
+        )
+
+
+class BestModelNotice:
+    """At the end of a training, say so when it wrote no best model, and name the checkpoint to use instead.
+
+    The best model (``model.pt``) is written by validation, so a training shorter than its validation interval
+    ends without one; evaluation and inference then need ``--ckpt_file`` pointed at the last model.
+
+    Args:
+        best_file: the best model validation writes.
+        final_file: the last model, written when training completes.
+        name: the logger's name; the engine's logger if ``None``.
+    """
+
+    def __init__(self, best_file: str | os.PathLike, final_file: str | os.PathLike, name: str | None = None) -> None:
+        self.best_file, self.final_file = Path(best_file), Path(final_file)
+        self._name = name
+        self.logger = logging.getLogger(name)
+
+    def attach(self, engine: Engine) -> None:
+        if self._name is None:
+            self.logger = engine.logger
+        engine.add_event_handler(Events.COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        if self.best_file.is_file():
+            return
+        self.logger.warning(
+            f"No best model: {self.best_file} was not written, as no validation ran in this training "
+            f"(--val_interval is larger than the epochs trained). The last model is {self.final_file}: evaluate or "
+            f"infer with --ckpt_file {self.final_file}."
         )

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 __all__ = [
     "ABLATIONS",
     "ABLATION_NAMES",
+    "BRATS_CLASS_NAMES",
     "BRATS_LABEL_CODES",
     "BRATS_LABEL_NAMES",
     "BRATS_MODALITIES",
@@ -19,6 +20,7 @@ __all__ = [
     "DISPLAY_NAMES",
     "DMD_NETWORKS",
     "DMD_ROWS",
+    "HEAD_DICE_PREFIX",
     "HIPPOCAMPUS_CLASS_NAMES",
     "HIPPOCAMPUS_LABEL_CODES",
     "MMWHS_BACKGROUND_CODES",
@@ -55,6 +57,8 @@ MSD_DATASET_FILE = "dataset.json"
 BRATS_MODALITIES: tuple[str, ...] = ("FLAIR", "T1w", "t1gd", "T2w")
 #: MSD Task01 label names by label value. These are MSD's codes, not BraTS 2018's (1, 2, 4).
 BRATS_LABEL_NAMES: tuple[str, ...] = ("background", "edema", "non-enhancing tumour", "enhancing tumour")
+#: MSD Task01 label names by label value as they head metric files and logs (:data:`BRATS_LABEL_NAMES` for figures).
+BRATS_CLASS_NAMES: tuple[str, ...] = ("background", "edema", "non_enhancing_tumour", "enhancing_tumour")
 #: MSD Task01 label value -> class index; the codes are already consecutive, the map only validates them.
 BRATS_LABEL_CODES: dict[int, int] = {1: 1, 2: 2, 3: 3}
 #: The evaluated tumour regions as sets of MSD labels: whole tumour, tumour core, enhancing tumour.
@@ -92,8 +96,20 @@ ABLATIONS: dict[str, dict[str, float]] = {
 #: The rows' names as the paper writes them, in its order.
 ABLATION_NAMES: tuple[str, ...] = ("Basic", "DS", "SDD", "SDE", "DSD")
 
-#: Names of the terms of the DSD loss, as :class:`custom.losses.DSDLoss` keeps them and the bundles log them.
-TERM_NAMES: tuple[str, ...] = ("total", "main_dice_ce", "deep_supervision", "kl_encoder", "kl_decoder")
+#: Names of the terms of the DSD loss, as :class:`custom.losses.DSDLoss` keeps them and the bundles log them; the last,
+#: deep supervision of the encoder heads (``eta_encoder``), goes beyond the paper and is 0 unless asked for.
+TERM_NAMES: tuple[str, ...] = (
+    "total",
+    "main_dice_ce",
+    "deep_supervision",
+    "kl_encoder",
+    "kl_decoder",
+    "encoder_supervision",
+)
+
+#: Validation metrics of the auxiliary heads (``--score_heads true``) are named ``<prefix>/<head>``, e.g.
+#: ``val_head_dice/E1_encoder1``.
+HEAD_DICE_PREFIX = "val_head_dice"
 
 #: The two networks of Deep Mutual Distillation, as :class:`custom.dmd.MutualPair` names them; net1 is deployed.
 DMD_NETWORKS: tuple[str, str] = ("net1", "net2")

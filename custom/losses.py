@@ -71,6 +71,10 @@ class DSDLoss(nn.Module):
         detach_teacher: stop gradients through the teacher logits of the KL terms.
         dice_ce_kwargs: arguments of :class:`monai.losses.DiceCELoss`; defaults to
             ``include_background=True, to_onehot_y=True, softmax=True``.
+        eta_encoder: weight of deep supervision of every encoder head, the term ``encoder_supervision``,
+            ``eta_encoder * sum_i DiceCE(E_i, G)``. **Beyond the paper**, whose eq. 4 gives the encoder heads no
+            supervised term: 0 (the default) is the paper's loss. A positive value lets the encoder teacher learn
+            from the labels as well as from its students.
 
     Raises:
         ValueError: a negative weight or a non-positive temperature.
@@ -84,13 +88,18 @@ class DSDLoss(nn.Module):
         tau: float = 3.0,
         detach_teacher: bool = False,
         dice_ce_kwargs: Mapping[str, Any] | None = None,
+        eta_encoder: float = 0.0,
     ) -> None:
         super().__init__()
-        if min(eta, alpha1, alpha2) < 0:
-            raise ValueError(f"Loss weights must be non-negative, got eta={eta}, alpha1={alpha1}, alpha2={alpha2}.")
+        if min(eta, alpha1, alpha2, eta_encoder) < 0:
+            raise ValueError(
+                f"Loss weights must be non-negative, got eta={eta}, alpha1={alpha1}, alpha2={alpha2}, "
+                f"eta_encoder={eta_encoder}."
+            )
         if tau <= 0:
             raise ValueError(f"tau must be positive, got {tau}.")
         self.eta, self.alpha1, self.alpha2, self.tau = float(eta), float(alpha1), float(alpha2), float(tau)
+        self.eta_encoder = float(eta_encoder)
         self.detach_teacher = detach_teacher
         kwargs = {"include_background": True, "to_onehot_y": True, "softmax": True, **(dice_ce_kwargs or {})}
         self.dice_ce = DiceCELoss(**kwargs)
@@ -117,28 +126,48 @@ class DSDLoss(nn.Module):
         zero = main.new_zeros(())
         encoders: Sequence[torch.Tensor | DeferredLogits] = outputs[ENCODER_KEY]
         decoders: Sequence[torch.Tensor | DeferredLogits] = outputs[DECODER_KEY]
+        encoder_supervision = self._encoder_supervision(encoders, target) if self.eta_encoder and encoders else zero
         if any(isinstance(head, DeferredLogits) for head in (*encoders, *decoders)):
             blockwise = self._blockwise_terms(encoders, decoders, target, zero) if self.blockwise_settings is not None else None
             if blockwise is not None:
-                return self._total(main, *blockwise)
+                return self._total(main, *blockwise, encoder_supervision)
             encoders, decoders = ([_upsampled(h) for h in heads] for heads in (encoders, decoders))
         deep_supervision = sum((self.dice_ce(d, target) for d in decoders), zero) if self.eta else zero
         kl_encoder = self._distill(encoders[-1], encoders[:-1]) if self.alpha1 and encoders else zero
         kl_decoder = self._distill(decoders[0], decoders[1:]) if self.alpha2 and decoders else zero
-        return self._total(main, deep_supervision, kl_encoder, kl_decoder)
+        return self._total(main, deep_supervision, kl_encoder, kl_decoder, encoder_supervision)
 
     def _total(
-        self, main: torch.Tensor, deep_supervision: torch.Tensor, kl_encoder: torch.Tensor, kl_decoder: torch.Tensor
+        self,
+        main: torch.Tensor,
+        deep_supervision: torch.Tensor,
+        kl_encoder: torch.Tensor,
+        kl_decoder: torch.Tensor,
+        encoder_supervision: torch.Tensor,
     ) -> torch.Tensor:
         total = main + self.eta * deep_supervision + self.alpha1 * kl_encoder + self.alpha2 * kl_decoder
-        terms = (total, main, deep_supervision, kl_encoder, kl_decoder)
+        total = total + self.eta_encoder * encoder_supervision
+        terms = (total, main, deep_supervision, kl_encoder, kl_decoder, encoder_supervision)
         self.latest_terms = {name: value.detach() for name, value in zip(TERM_NAMES, terms)}
         return total
+
+    def _encoder_supervision(
+        self, encoders: Sequence[torch.Tensor | DeferredLogits], target: torch.Tensor
+    ) -> torch.Tensor:
+        """``sum_i DiceCE(E_i, G)`` over the encoder heads: blockwise where they are deferred, else term by term."""
+        if self.blockwise_settings is not None and any(isinstance(head, DeferredLogits) for head in encoders):
+            every_head = list(range(len(encoders)))
+            terms = blockwise_head_terms(
+                list(encoders), target, every_head, [], self.tau, self.detach_teacher, self.blockwise_settings
+            )
+            if terms is not None:
+                return terms[0]
+        return sum(self.dice_ce(_upsampled(head), target) for head in encoders)
 
     @property
     def uses_encoder_heads(self) -> bool:
         """Whether any term reads the encoder heads; a network may skip building them otherwise."""
-        return self.alpha1 > 0
+        return self.alpha1 > 0 or self.eta_encoder > 0
 
     @property
     def uses_decoder_heads(self) -> bool:

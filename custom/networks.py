@@ -280,6 +280,23 @@ class DSDNet(nn.Module):
             DECODER_KEY: [self._head_logits(tap, features[tap]) for tap in self.decoder_taps],
         }
 
+    def head_outputs(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Every head's logits at input resolution, in either mode: what each auxiliary head segments.
+
+        Validation calls this to score the heads (:class:`custom.head_scores.HeadDice`); training and the
+        deployed model never do.
+
+        Args:
+            x: an image batch.
+
+        Returns:
+            Tap -> ``(B, K, *spatial)`` logits, encoders E_1..E_Z then decoders D_1..D_Z; empty without taps.
+        """
+        if not self.taps:
+            return {}
+        features = self._run_backbone(x)[1]
+        return {tap: self.heads[_head_key(tap)](features[tap]) for tap in self.taps}
+
     def _head_logits(self, tap: str, features: torch.Tensor) -> torch.Tensor | DeferredLogits:
         head = self.heads[_head_key(tap)]
         return head.defer(features) if self.defer_upsampling else head(features)

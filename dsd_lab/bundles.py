@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import logging.config
 import os
+import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from dsd_lab.cli import verbose
 
 __all__ = [
     "BUNDLES_DIR",
@@ -19,6 +24,38 @@ __all__ = [
     "run_bundle",
 ]
 
+#: MONAI's module loggers that print to stdout by themselves rather than through the root logger.
+MONAI_LOGGERS = (
+    "monai.bundle.scripts",
+    "monai.bundle.workflows",
+    "monai.handlers.StatsHandler",
+    "monai.handlers.mlflow_handler",
+    "monai.data.image_writer",
+    "monai.inferers.inferer",
+    "monai.transforms.compose",
+    "monai.networks.utils",
+)
+
+
+def _log_to_file_config(log_file: str | os.PathLike) -> str:
+    """A ``logging.config.fileConfig`` text: the whole log to ``log_file``, warnings and errors to the console."""
+    loggers = [f"monai_{index}" for index in range(len(MONAI_LOGGERS))]
+    sections = [
+        f"[loggers]\nkeys=root,{','.join(loggers)}",
+        "[handlers]\nkeys=console,file",
+        "[formatters]\nkeys=full",
+        "[logger_root]\nlevel=INFO\nhandlers=console,file",
+        *(
+            f"[logger_{key}]\nlevel=INFO\nhandlers=console,file\npropagate=0\nqualname={name}"
+            for key, name in zip(loggers, MONAI_LOGGERS)
+        ),
+        "[handler_console]\nclass=StreamHandler\nlevel=WARNING\nformatter=full\nargs=(sys.stderr,)",
+        f"[handler_file]\nclass=FileHandler\nlevel=INFO\nformatter=full\nargs=({str(Path(log_file).resolve())!r}, 'a')",
+        "[formatter_full]\nformat=%(asctime)s - %(name)s - %(levelname)s - %(message)s",
+    ]
+    return "\n\n".join(sections) + "\n"
+
+
 #: The bundles of this repository (the lab runs from a source checkout, e.g. an editable install).
 BUNDLES_DIR = Path(__file__).resolve().parents[1] / "bundles"
 TRAIN_CONFIG = "train.json"
@@ -27,7 +64,12 @@ INFERENCE_CONFIG = "inference.json"
 
 
 def run_bundle(
-    run_id: str, config_files: Sequence[str], bundle_dir: str | os.PathLike, tracking: Any = None, **overrides: Any
+    run_id: str,
+    config_files: Sequence[str],
+    bundle_dir: str | os.PathLike,
+    tracking: Any = None,
+    log_file: str | os.PathLike | None = None,
+    **overrides: Any,
 ) -> None:
     """Run one bundle workflow in this process, exactly as ``python -m monai.bundle run`` does.
 
@@ -36,20 +78,30 @@ def run_bundle(
         config_files: config file names in the bundle's ``configs/`` folder, merged in order.
         bundle_dir: the bundle root.
         tracking: MONAI's experiment tracking: ``None``, ``"mlflow"`` or a settings dict.
+        log_file: where the run's whole log goes (appended), instead of the console, which then shows warnings
+            and errors only, and a progress bar for the epochs where it is a terminal. ``None`` logs to the
+            console as the bundle's ``logging.conf`` says, as does :func:`dsd_lab.cli.verbose`.
         overrides: config ids and their new values.
     """
     from monai.bundle import run
 
     configs = Path(bundle_dir) / "configs"
-    run(
-        run_id,
-        config_file=[str(configs / name) for name in config_files],
-        meta_file=str(configs / "metadata.json"),
-        logging_file=str(configs / "logging.conf"),
-        bundle_root=str(bundle_dir),
-        tracking=tracking,
-        **overrides,
-    )
+    with tempfile.TemporaryDirectory() as scratch:
+        logging_file = configs / "logging.conf"
+        if log_file is not None and not verbose():
+            logging_file = Path(scratch) / "logging.conf"
+            logging_file.write_text(_log_to_file_config(log_file))
+            logging.config.fileConfig(logging_file, disable_existing_loggers=False)  # before MONAI's input summary
+            overrides = {"progress_bar": sys.stderr.isatty(), **overrides}
+        run(
+            run_id,
+            config_file=[str(configs / name) for name in config_files],
+            meta_file=str(configs / "metadata.json"),
+            logging_file=str(logging_file),
+            bundle_root=str(bundle_dir),
+            tracking=tracking,
+            **overrides,
+        )
 
 
 def bundle_config(bundle_dir: str | os.PathLike, config_files: Sequence[str] = (TRAIN_CONFIG,)):
@@ -72,7 +124,7 @@ def bundle_has_folds(bundle_dir: str | os.PathLike) -> bool:
 
 
 def report_classes(bundle_dir: str | os.PathLike) -> list[str]:
-    """Names of the evaluated classes (or regions), in the order of MetricsSaver's ``class0, class1, ...`` rows.
+    """Names of the evaluated classes (or regions), as the evaluation's metric files name them, in channel order.
 
     Raises:
         KeyError: when the bundle's evaluate.json does not define ``report_classes``.

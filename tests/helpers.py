@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 import subprocess
@@ -44,6 +45,7 @@ __all__ = [
     "error_chain",
     "head_terms",
     "leaves_of",
+    "mlflow_runs",
     "run_cli",
     "network_overrides",
     "run_console",
@@ -52,6 +54,7 @@ __all__ = [
     "tiny_train_workflow",
     "torchrun",
     "tiny_unetr_dsd",
+    "tracking_args",
     "train_bundle_copy",
 ]
 
@@ -134,12 +137,16 @@ def torchrun(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 
 def train_bundle_copy(bundle_dir: Path, workspace: Path, dataset_dir: Path, **overrides: Any) -> Path:
+def train_bundle_copy(
+    bundle_dir: Path, workspace: Path, dataset_dir: Path, cli_args: Sequence[str] = (), **overrides: Any
+) -> Path:
     """Copy a bundle into ``workspace`` and train it with the literal full training command, from its root.
 
     Args:
         bundle_dir: the bundle to copy.
         workspace: where the copy goes.
         dataset_dir: the data.
+        cli_args: more arguments of the command, e.g. :data:`TRACKING_ARGS`.
         overrides: config overrides on top of the tiny UNETR's.
 
     Returns:
@@ -148,7 +155,7 @@ def train_bundle_copy(bundle_dir: Path, workspace: Path, dataset_dir: Path, **ov
     bundle = workspace / bundle_dir.name
     shutil.copytree(bundle_dir, bundle)
     command = ["training", "--meta_file", "configs/metadata.json", "--config_file", "configs/train.json"]
-    command += ["--logging_file", "configs/logging.conf"]
+    command += ["--logging_file", "configs/logging.conf", *cli_args]
     run_cli(command + cli_overrides(dataset_dir, **overrides), cwd=bundle)
     return bundle
 
@@ -183,6 +190,26 @@ def tiny_train_workflow(
 def assert_plain_unetr_training_outputs(bundle: Path, in_channels: int, out_channels: int) -> None:
     """A trained bundle saved plain tiny-UNETR checkpoints and logged both metrics and every loss term, per iteration
     (``train_loss/<term>``) and as epoch mean (``train_<term>``)."""
+def tracking_args(bundle_root: str = ".") -> list[str]:
+    """``--tracking <bundle_root>/configs/mlflow.json``, the bundles' MLflow tracking, where MLflow is installed."""
+    return ["--tracking", f"{bundle_root}/configs/mlflow.json"] if importlib.util.find_spec("mlflow") else []
+def mlflow_runs(tracking_db: Path) -> list:
+    """Every run of every experiment in an MLflow SQLite store, oldest first, with its metric histories.
+    Returns:
+        ``[(run, {metric: [values by step]})]``; the test is skipped where MLflow is not installed.
+    mlflow = pytest.importorskip("mlflow")
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tracking_db}")
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(experiments, order_by=["attributes.start_time ASC"])
+    return [
+        (run, {key: [m.value for m in client.get_metric_history(run.info.run_id, key)] for key in run.data.metrics})
+        for run in runs
+    ]
+def assert_plain_unetr_training_outputs(
+    bundle: Path, in_channels: int, out_channels: int, more_tags: Sequence[str] = ()
+) -> None:
+    """A trained bundle saved plain tiny-UNETR checkpoints and logged both metrics, every loss term, per iteration
+    (``train_loss/<term>``) and as epoch mean (``train_<term>``), and ``more_tags``, in TensorBoard."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     backbone = UNETR(
@@ -203,7 +230,7 @@ def assert_plain_unetr_training_outputs(bundle: Path, in_channels: int, out_chan
         accumulator.Reload()
         tags |= set(accumulator.Tags()["scalars"])
     loss_terms = {f"train_loss/{term}" for term in TERM_NAMES} | {f"train_{term}" for term in TERM_NAMES}
-    assert loss_terms | {"val_mean_dice", "val_hd95_mm"} <= tags
+    assert loss_terms | {"val_mean_dice", "val_hd95_mm", *more_tags} <= tags
 
 
 def network_overrides() -> list[str]:

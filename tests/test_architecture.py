@@ -47,12 +47,13 @@ OWN_VALUES: dict[str, dict[str, str]] = {
     },
     "evaluate.json": {
         "report_classes": "the dataset's classes or regions",
+        "label_classes": "BraTS also reports its labels beside its regions",
         "evaluate_data": "validation fold for MM-WHS, a split of the fixed split for MSD tasks",
         "evaluate_split": "a split of the fixed split for MSD tasks",
         "validate#original_label_transforms": "the dataset's label codes",
         "validate#postprocessing": "label codes written back, or region channels",
         "validate#key_metric": "region Dice for BraTS",
-        "validate#additional_metrics": "region and label HD95 for BraTS",
+        "validate#additional_metrics": "region and label HD95 for BraTS; the others turn off training's head scores",
         "validate#handlers": "the metrics each dataset reports",
     },
     "inference.json": {
@@ -85,6 +86,9 @@ OWN_VALUES: dict[str, dict[str, str]] = {
         "eval_metrics": "the bundle's own results",
         "references": "the dataset's own references",
         "network_data_format": "the dataset's inputs and classes",
+    },
+    "mlflow.json": {
+        "configs#trainer#experiment_param": "the data split's own parameters: the fold, or the fixed split's seed",
     },
     "backbone_dynunet.json": {
         "dynunet_filters": "the bottleneck's width per dataset",

@@ -22,21 +22,24 @@ _STRAY_CODE = 421
 # name: (MM-WHS code, centre, semi-axes, HU). Geometry is in field-of-view units, RAS axes,
 # relative to the heart centre. Drawn in this order, so later structures overwrite earlier ones.
 # Real contrast-enhanced blood pools are brighter (300-450 HU) and alike; here every level sits
-# inside the bundles' HU window [-175, 250] and apart from the others, so that the tiny models of
-# the demo and the tests can learn the structures on a CPU in minutes.
+# inside the bundles' HU window [-175, 250], 23 HU or more from every other (about four times the
+# noise) and 46 HU or more from the structures it touches (but for the right atrium and ventricle,
+# the largest ones), and the atria and great vessels are drawn
+# large enough to hold a few thousand voxels at the bundles' spacing, so that the tiny models of the
+# demo and the tests learn every structure, the small ones too, on a CPU in minutes.
 _HEART = {
-    "lv_myocardium": (205, (-0.23, -0.12, -0.14), (0.37, 0.33, 0.32), 100.0),
-    "lv_blood_cavity": (500, (-0.23, -0.12, -0.14), (0.26, 0.21, 0.23), 225.0),
-    "right_ventricle": (600, (0.19, 0.30, -0.11), (0.28, 0.16, 0.21), 165.0),
-    "right_atrium": (550, (0.40, 0.02, 0.14), (0.21, 0.21, 0.18), 140.0),
-    "left_atrium": (420, (-0.09, -0.42, 0.21), (0.28, 0.16, 0.14), 205.0),
-    "pulmonary_artery": (850, (-0.14, 0.28, 0.38), (0.14, 0.14, 0.25), 185.0),
-    "ascending_aorta": (820, (0.06, -0.09, 0.40), (0.14, 0.14, 0.28), 245.0),
+    "lv_myocardium": (205, (-0.23, -0.12, -0.14), (0.37, 0.33, 0.32), 85.0),
+    "lv_blood_cavity": (500, (-0.23, -0.12, -0.14), (0.26, 0.21, 0.23), 227.0),
+    "right_ventricle": (600, (0.19, 0.30, -0.11), (0.29, 0.19, 0.22), 204.0),
+    "right_atrium": (550, (0.40, 0.02, 0.14), (0.23, 0.23, 0.21), 180.0),
+    "left_atrium": (420, (-0.09, -0.42, 0.21), (0.30, 0.20, 0.18), 130.0),
+    "pulmonary_artery": (850, (-0.14, 0.28, 0.38), (0.19, 0.19, 0.28), 155.0),
+    "ascending_aorta": (820, (0.06, -0.09, 0.40), (0.17, 0.17, 0.29), 250.0),
 }
 _AIR_HU, _BODY_HU, _LUNG_HU, _BONE_HU = -1000.0, 40.0, -820.0, 650.0
 _BLOOD_HU = 120.0  # structures above this are contrast-enhanced blood pools
-_HEART_SCALE = 1.3
-_NOISE_HU = 10.0
+_HEART_SCALE = 1.4
+_NOISE_HU = 6.0
 _UNLABELLED_STREAM = 1  # third word of the unlabelled scans' seeds; labelled cases use two
 
 
@@ -75,14 +78,14 @@ def _mmwhs_case(
     heart_coords = (hx, hy, z - heart_centre[2])
     scale = _HEART_SCALE * rng.uniform(0.9, 1.1)
     lv_jitter = rng.uniform(-0.02, 0.02, size=3)
-    contrast = rng.normal(0.0, 8.0)  # bolus timing shifts every enhanced structure together
+    contrast = rng.normal(0.0, 4.0)  # bolus timing shifts every enhanced structure together
     for code, centre, semi_axes, hu in _HEART.values():
         # The myocardium must stay a shell around the LV cavity, so they share one jitter.
         jitter = lv_jitter if code in (205, 500) else rng.uniform(-0.03, 0.03, size=3)
         size = scale * (1.0 if code in (205, 500) else rng.uniform(0.92, 1.08))
         mask = ellipsoid(heart_coords, np.asarray(centre) * scale + jitter, np.asarray(semi_axes) * size)
         label[mask] = code
-        image[mask] = hu + (contrast if hu > _BLOOD_HU else 0.0) + rng.normal(0.0, 3.0)
+        image[mask] = hu + (contrast if hu > _BLOOD_HU else 0.0) + rng.normal(0.0, 2.0)
 
     if stray:
         # Mimic the few stray 421 voxels of the released labels, placed inside the left atrium (420).

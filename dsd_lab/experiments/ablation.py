@@ -13,7 +13,6 @@ with ``dsd-cv`` given the same work folder and settings, and finished ones are s
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +22,6 @@ from dsd_lab.cli import run_command
 from dsd_lab.experiments.study import as_list, run_study, study_run_dir, write_study_table
 
 __all__ = ["ablation_study", "main"]
-
-logger = logging.getLogger(__name__)
 
 
 def ablation_study(
@@ -63,7 +60,7 @@ def ablation_study(
     work = Path(work_dir or f"ablation_{bundle.resolve().name}")
     results, weights = {}, {}
     for position, row in enumerate(names, 1):
-        logger.info("Ablation: %s (%d of %d) in %s", row, position, len(names), study_run_dir(work, row, run_fold))
+        print(f"\nAblation: {row} ({position} of {len(names)}) in {study_run_dir(work, row, run_fold)}", flush=True)
         results[row] = run_study(bundle, work, row, run_fold, dataset_dir, overrides, as_list(configs), tracking)
         weights[row] = ablation_weights(row)
     title = f"Ablation on {bundle.resolve().name}"

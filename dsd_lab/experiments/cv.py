@@ -13,7 +13,6 @@ fold resumes from its last checkpoint when the command is run again. ``WORK_DIR/
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +23,6 @@ from dsd_lab.experiments.study import as_list, run_study, study_run_dir
 from dsd_lab.experiments.tables import write_cv_tables
 
 __all__ = ["cross_validate", "main"]
-
-logger = logging.getLogger(__name__)
 
 
 def cross_validate(
@@ -70,7 +67,7 @@ def cross_validate(
     results = {}
     for position, fold in enumerate(fold_list, 1):
         run_dir = study_run_dir(work, ablation, fold)
-        logger.info("Cross-validation: fold %d (%d of %d) in %s", fold, position, len(fold_list), run_dir)
+        print(f"\n{ablation} cross-validation: fold {fold} ({position} of {len(fold_list)}) in {run_dir}", flush=True)
         results[fold] = run_study(bundle, work, ablation, fold, dataset_dir, overrides, as_list(configs), tracking)
     table = write_cv_tables(results, work / ablation)
     print(f"\n{ablation} on {bundle.resolve().name}, {len(fold_list)}-fold cross-validation:\n\n{table}")

@@ -37,8 +37,9 @@ def collect_results(eval_dir: str | os.PathLike, classes: Sequence[str]) -> dict
     """The results of an evaluation folder.
 
     Args:
-        eval_dir: the evaluation's ``output_dir``, holding ``<metric>_summary.csv``.
-        classes: the names of the evaluated classes, in the order of the summaries' ``class0, class1, ...`` rows.
+        eval_dir: the evaluation's ``output_dir``, holding ``<metric>_summary.csv`` with one row per class, named
+            as the bundles' evaluation names them (``lv_myocardium``, ``WT``, ``anterior``), and the ``mean`` row.
+        classes: the names of the evaluated classes, in table order.
 
     Raises:
         FileNotFoundError: a summary is missing.
@@ -48,12 +49,14 @@ def collect_results(eval_dir: str | os.PathLike, classes: Sequence[str]) -> dict
     for metric, file_stem in METRICS.items():
         summary_path = Path(eval_dir) / f"{file_stem}_summary.csv"
         summary = _read_summary(summary_path)
-        expected = [f"class{i}" for i in range(len(classes))] + [MEAN_ROW]
+        expected = [*classes, MEAN_ROW]
         missing = [row for row in expected if row not in summary]
         if missing:
-            raise ValueError(f"{summary_path} lacks the rows {missing} for the classes {list(classes)}.")
-        names = {f"class{i}": name for i, name in enumerate(classes)}
-        results[metric] = {names.get(row, row): summary[row] for row in expected}
+            raise ValueError(
+                f"{summary_path} lacks the rows {missing}: it has {list(summary)}. An evaluation by an older bundle "
+                "names classes class0, class1, ...: evaluate the run again."
+            )
+        results[metric] = {row: summary[row] for row in expected}
     return results
 
 

@@ -1,76 +1,60 @@
 """MLflow tracking settings for experiment runs: one database per work folder, one MLflow run per training run.
 
-The settings follow MONAI's ``monai.bundle.run(..., tracking=settings)`` format and extend its default
-(``--tracking mlflow``), which logs the training loss, the trainer's epoch metrics (every DSD loss term) and the
-validation metrics, with the run's name and the bundle's hyper-parameters as MLflow parameters.
+The settings are the bundle's own ``configs/mlflow.json``, which ``python -m monai.bundle run ... --tracking
+configs/mlflow.json`` uses: MONAI's default MLflow settings (``--tracking mlflow``) with the training loss read
+from the DSD trainer's dictionary output, the bundle's hyper-parameters as MLflow parameters, and an evaluation
+that ends its MLflow run. Here only the place and the names change: the database is ``WORK_DIR/mlruns.db``, the
+experiment is named after the work folder and each run after its run folder.
 """
 
 from __future__ import annotations
 
-import copy
+import json
 import os
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from dsd_lab.bundles import bundle_config
+__all__ = ["TRACKING_SETTINGS", "bundle_tracking_settings", "mlflow_settings", "tracking_settings"]
 
-__all__ = ["TRACKED_PARAMETERS", "mlflow_settings", "tracking_settings"]
+#: The MLflow settings file that every bundle ships in its ``configs/`` folder.
+TRACKING_SETTINGS = "mlflow.json"
 
-#: Config ids logged as MLflow parameters where the bundle defines them.
-TRACKED_PARAMETERS: tuple[str, ...] = (
-    "ablation",
-    "eta",
-    "alpha1",
-    "alpha2",
-    "tau",
-    "detach_teacher",
-    "fold",
-    "num_folds",
-    "split_seed",
-    "labelled_fraction",
-    "labelled_seed",
-    "seed",
-    "roi_size",
-    "feature_size",
-    "learning_rate",
-    "weight_decay",
-    "max_epochs",
-    "batch_size",
-    "num_samples",
-    "dataset_dir",
-)
+
+def bundle_tracking_settings(bundle_dir: str | os.PathLike) -> dict[str, Any]:
+    """The bundle's MLflow settings, ``configs/mlflow.json``, as ``monai.bundle.run(tracking=...)`` takes them.
+
+    Raises:
+        FileNotFoundError: the bundle ships no settings file.
+    """
+    path = Path(bundle_dir) / "configs" / TRACKING_SETTINGS
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: the bundle ships no MLflow settings for --tracking.")
+    return json.loads(path.read_text())
 
 
 def mlflow_settings(
-    work_dir: str | os.PathLike, experiment_name: str, run_name: str, parameter_ids: Sequence[str] = ()
+    bundle_dir: str | os.PathLike, work_dir: str | os.PathLike, experiment_name: str, run_name: str
 ) -> dict[str, Any]:
-    """MONAI tracking settings that log into ``work_dir/mlruns.db`` under one experiment and a named run.
+    """The bundle's MLflow settings, logging into ``work_dir/mlruns.db`` under one experiment and a named run.
 
     Args:
-        work_dir: the folder of the MLflow database (and of its artifacts, under ``mlartifacts``).
+        bundle_dir: the bundle root.
+        work_dir: the folder of the MLflow database (and of its artifacts, under ``mlruns``).
         experiment_name: the MLflow experiment.
         run_name: the MLflow run, e.g. ``"DSD/fold_0"``.
-        parameter_ids: config ids of the bundle to log as MLflow parameters; each must be defined.
 
     Returns:
         A settings dict for ``monai.bundle.run(tracking=...)``.
     """
-    from monai.bundle.utils import DEFAULT_MLFLOW_SETTINGS
     from monai.utils import path_to_sqlite_uri
 
     work = Path(work_dir).resolve()
     work.mkdir(parents=True, exist_ok=True)
-    settings = copy.deepcopy(DEFAULT_MLFLOW_SETTINGS)
+    settings = bundle_tracking_settings(bundle_dir)
     configs = settings["configs"]
     configs["tracking_uri"] = path_to_sqlite_uri(str(work / "mlruns.db"))
     configs["experiment_name"] = experiment_name
     configs["run_name"] = run_name
-    # MONAI's default, from_engine(['loss'], first=True), gives a 1-tuple for this trainer's dict output
-    configs["trainer"]["output_transform"] = "$lambda output: output['loss']"
-    configs["trainer"]["experiment_param"] = {pid: f"@{pid}" for pid in parameter_ids}
-    for engine in ("trainer", "validator"):
-        configs[engine]["artifact_location"] = str(work / "mlartifacts")
     return settings
 
 
@@ -79,8 +63,8 @@ def tracking_settings(
 ) -> dict[str, Any] | None:
     """The ``tracking`` argument of ``monai.bundle.run`` for the experiment CLIs' ``--tracking`` option.
 
-    The MLflow experiment is named after the work folder, and every id of :data:`TRACKED_PARAMETERS` that the
-    bundle's train.json defines is logged as a parameter.
+    The MLflow experiment is named after the work folder; the parameters logged are those the bundle's settings
+    name.
 
     Args:
         tracking: ``None`` (no tracking) or ``"mlflow"``.
@@ -95,6 +79,4 @@ def tracking_settings(
         return None
     if str(tracking).lower() != "mlflow":
         raise ValueError(f"--tracking {tracking!r} is not supported; use 'mlflow' or leave it out.")
-    parser = bundle_config(bundle_dir)
-    present = [pid for pid in TRACKED_PARAMETERS if pid in parser]
-    return mlflow_settings(work_dir, Path(work_dir).resolve().name, run_name, present)
+    return mlflow_settings(bundle_dir, work_dir, Path(work_dir).resolve().name, run_name)

@@ -1,4 +1,5 @@
-"""A run's training curves: every loss term per epoch and the validation Dice, from its TensorBoard event files."""
+"""A run's training curves: every loss term per epoch, the validation Dice and, where validation scored them, the
+Dice of each auxiliary head, from its TensorBoard event files."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from custom.definitions import TERM_NAMES
+from custom.definitions import HEAD_DICE_PREFIX, TERM_NAMES
 from dsd_lab.figures.canvas import PALETTE, matplotlib_figure, save_png
 
 __all__ = ["VAL_DICE_TAG", "TrainingCurves", "load_training_curves", "training_curves"]
@@ -31,6 +32,8 @@ class TrainingCurves:
         loss_source: how the losses were obtained, for the figure and the user.
         val_dice: ``(epochs, val_mean_dice)``, or ``None`` if not logged.
         zero_terms: terms logged as exactly 0 throughout (weight 0 in the ablation), left out of ``losses``.
+        head_dice: head -> ``(epochs, Dice)`` of each auxiliary head's validation Dice, in the paper's order
+            (E_1..E_Z, then D_1..D_Z); empty when validation did not score the heads.
     """
 
     losses: dict[str, tuple[np.ndarray, np.ndarray]]
@@ -38,6 +41,7 @@ class TrainingCurves:
     loss_source: str
     val_dice: tuple[np.ndarray, np.ndarray] | None
     zero_terms: list[str] = field(default_factory=list)
+    head_dice: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
 
 
 def _event_files(log_dir: str | os.PathLike) -> list[Path]:
@@ -85,7 +89,8 @@ def load_training_curves(log_dir: str | os.PathLike, iterations_per_epoch: int |
     Losses come from the epoch-level scalars ``train_<term>`` when any is logged. Otherwise they come from
     the per-iteration scalars ``train_loss/<term>``: averaged per epoch when ``iterations_per_epoch`` is
     given (the event files do not record it), else left per iteration (:func:`training_curves` then draws
-    them smoothed). ``val_mean_dice`` is read at its logged step, the trainer's epoch.
+    them smoothed). ``val_mean_dice`` and the heads' ``val_head_dice/<head>`` are read at their logged step, the
+    trainer's epoch.
 
     Args:
         log_dir: the run's TensorBoard folder (the bundle's ``output_dir``); event files in one folder,
@@ -127,13 +132,22 @@ def load_training_curves(log_dir: str | os.PathLike, iterations_per_epoch: int |
         else:
             losses[name] = steps, values
     val_dice = scalars.get(VAL_DICE_TAG)
+    head_tags = sorted((t for t in scalars if t.startswith(HEAD_DICE_PREFIX + "/")), key=_paper_order)
+    head_dice = {tag[len(HEAD_DICE_PREFIX) + 1 :]: scalars[tag] for tag in head_tags}
     if not losses and val_dice is None and not zero_terms:
         raise ValueError(
             f"The event files in {files[0].parent} hold none of the expected scalars "
             f"({_EPOCH_PREFIX}<term>, {_ITERATION_PREFIX}<term> for <term> in {list(TERM_NAMES)}, {VAL_DICE_TAG}); "
             f"found {sorted(scalars) or 'no scalars'}."
         )
-    return TrainingCurves(losses, axis, source, val_dice, zero_terms)
+    return TrainingCurves(losses, axis, source, val_dice, zero_terms, head_dice)
+
+
+def _paper_order(tag: str) -> tuple[int, int]:
+    """Encoders before decoders, each by its number: ``.../E2_x`` before ``.../E10_x`` before ``.../D1_x``."""
+    head = tag.rpartition("/")[2]
+    number = head[1:].partition("_")[0]
+    return (0 if head.startswith("E") else 1, int(number) if number.isdigit() else 0)
 
 
 def _ema(values: np.ndarray, weight: float) -> np.ndarray:
@@ -151,7 +165,8 @@ def training_curves(
     iterations_per_epoch: int | None = None,
     smoothing: float = 0.6,
 ) -> Path:
-    """Draw a run's training curves: every loss term in one panel, the validation Dice per epoch in another.
+    """Draw a run's training curves: every loss term in one panel, the validation Dice per epoch in another, and the
+    validation Dice of every auxiliary head in a third where validation scored them (``--score_heads true``).
 
     Loss terms are read as :func:`load_training_curves` describes; terms logged as 0 throughout (weight 0)
     are left out and named in the panel title. Per-iteration losses are drawn faintly, with TensorBoard's
@@ -177,8 +192,9 @@ def training_curves(
         raise ValueError(f"smoothing must be in [0, 1), got {smoothing!r}.")
     curves = load_training_curves(log_dir, iterations_per_epoch)
 
-    fig = Figure(figsize=(11, 4), layout="constrained")
-    loss_ax, dice_ax = fig.subplots(1, 2)
+    fig = Figure(figsize=(16, 4) if curves.head_dice else (11, 4), layout="constrained")
+    axes = fig.subplots(1, 3 if curves.head_dice else 2)
+    loss_ax, dice_ax = axes[:2]
     for rank, (name, (x, y)) in enumerate(curves.losses.items()):
         colour = PALETTE[rank % len(PALETTE)]
         if curves.loss_axis == "iteration" and smoothing > 0:
@@ -216,6 +232,23 @@ def training_curves(
     dice_ax.grid(alpha=0.3)
     from matplotlib.ticker import MaxNLocator
 
-    for ax in (loss_ax, dice_ax):
+    if curves.head_dice:
+        _draw_heads(axes[2], curves)
+    for ax in axes:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs and iterations are whole numbers
     return save_png(fig, FigureCanvasAgg, out_png)
+
+
+def _draw_heads(ax, curves: TrainingCurves) -> None:
+    """Each head's validation Dice, encoders solid and decoders dashed, with the main output's for reference."""
+    for rank, (head, (epochs, dice)) in enumerate(curves.head_dice.items()):
+        style = "-" if head.startswith("E") else "--"
+        ax.plot(epochs, dice, style, marker=".", color=PALETTE[rank % len(PALETTE)], label=head)
+    if curves.val_dice is not None:
+        ax.plot(*curves.val_dice, color="black", linewidth=2, label="main output")
+    ax.set_ylim(0.0, 1.02)
+    ax.legend(fontsize=8, loc="best", ncol=2)
+    ax.set_title(f"Auxiliary heads ({HEAD_DICE_PREFIX}): E = encoder, D = decoder", fontsize=10)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("mean Dice")
+    ax.grid(alpha=0.3)

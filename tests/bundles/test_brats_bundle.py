@@ -90,7 +90,8 @@ def test_evaluating_writes_region_and_label_metrics_of_the_test_split(trained_bu
     diagonal = math.dist((0, 0, 0), label.shape)  # 1 mm voxels
     for metric in ("val_mean_dice", "val_hd95_mm", "val_label_dice", "val_label_hd95_mm"):
         rows = _read_csv(eval_dir / f"{metric}_raw.csv")
-        assert rows[0] == ["filename", "class0", "class1", "class2", "mean"]
+        names = ["WT", "TC", "ET"] if "label" not in metric else ["edema", "non_enhancing_tumour", "enhancing_tumour"]
+        assert rows[0] == ["filename", *names, "mean"]
         assert len(rows) == 2 and rows[1][0].endswith("BRATS_004.nii.gz")  # the test split
         values = [float(v) for v in rows[1][1:]]
         assert not any(math.isnan(v) for v in values)  # ET is absent from this case's ground truth
@@ -99,7 +100,7 @@ def test_evaluating_writes_region_and_label_metrics_of_the_test_split(trained_bu
         allowed = (0.0, 1.0) if metric.endswith("dice") else (0.0, pytest.approx(diagonal))
         assert values[2] in allowed
         summary = {row[0]: row for row in _read_csv(eval_dir / f"{metric}_summary.csv")[1:]}
-        assert "nan" not in summary["mean"]
+        assert list(summary) == [*names, "mean"] and "nan" not in summary["mean"]
     prediction = nib.load(eval_dir / "predictions" / "BRATS_004_seg.nii.gz")
     assert prediction.shape == label.shape and prediction.get_data_dtype() == np.uint8
     np.testing.assert_allclose(prediction.affine, label.affine, atol=1e-4)

@@ -70,7 +70,7 @@ def test_evaluating_from_the_repository_root_scores_the_test_split(trained_bundl
     for metric in ("val_mean_dice", "val_hd95_mm"):
         with open(eval_dir / f"{metric}_raw.csv", newline="") as f:
             rows = list(csv.reader(f))
-        assert rows[0][1:] == ["class0", "class1", "mean"]  # anterior, posterior
+        assert rows[0][1:] == ["anterior", "posterior", "mean"]
         assert sorted(Path(row[0]).name for row in rows[1:]) == sorted(Path(c["image"]).name for c in test_cases)
     for case in test_cases:
         name = Path(case["image"]).name.replace(".nii.gz", "_seg.nii.gz")

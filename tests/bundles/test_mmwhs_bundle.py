@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from monai.bundle import ConfigWorkflow
 
-from custom.definitions import MMWHS_LABEL_CODES
+from custom.definitions import MMWHS_CLASS_NAMES, MMWHS_LABEL_CODES, TERM_NAMES
 from tests.helpers import MMWHS_BUNDLE as BUNDLE_DIR
 from tests.helpers import (
     TINY_UNETR,
@@ -20,8 +20,10 @@ from tests.helpers import (
     assert_inference_needs_no_custom_code,
     assert_plain_unetr_training_outputs,
     cli_overrides,
+    mlflow_runs,
     run_cli,
     run_module,
+    tracking_args,
     train_bundle_copy,
 )
 
@@ -31,12 +33,29 @@ TRAIN, EVALUATE, INFERENCE = "configs/train.json", "configs/evaluate.json", "con
 
 @pytest.fixture(scope="module")
 def trained_bundle(tmp_path_factory, mmwhs_dataset) -> Path:
-    """A copy of the bundle trained for one epoch with the literal training command, from the bundle root."""
-    return train_bundle_copy(BUNDLE_DIR, tmp_path_factory.mktemp("workspace"), mmwhs_dataset, max_epochs=1, val_interval=1)
+    """A copy of the bundle trained for one epoch with the literal training command and MLflow tracking, from the
+    bundle root, its validation scoring every head."""
+    workspace = tmp_path_factory.mktemp("workspace")
+    overrides = {"max_epochs": 1, "val_interval": 1, "score_heads": True}
+    return train_bundle_copy(BUNDLE_DIR, workspace, mmwhs_dataset, tracking_args(), **overrides)
+
+
+HEADS = [f"val_head_dice/{head}" for head in ("E1_encoder1", "E2_encoder2", "E3_encoder3", "E4_encoder4")]
+HEADS += [f"val_head_dice/{head}" for head in ("D1_decoder3", "D2_decoder4", "D3_decoder5", "D4_decoder5_input")]
 
 
 def test_training_writes_plain_unetr_checkpoints_and_loss_terms(trained_bundle):
-    assert_plain_unetr_training_outputs(trained_bundle, in_channels=1, out_channels=8)
+    assert_plain_unetr_training_outputs(trained_bundle, in_channels=1, out_channels=8, more_tags=HEADS)
+
+
+def test_training_is_tracked_in_mlflow_with_parameters_loss_terms_and_head_scores(trained_bundle):
+    runs = [(run, m) for run, m in mlflow_runs(trained_bundle / "eval" / "mlruns.db") if "train_total" in m]
+    ((run, metrics),) = runs
+    assert run.info.status == "FINISHED" and run.data.params["ablation"] == "DSD" and run.data.params["fold"] == "0"
+    assert run.data.params["eta_encoder"] == "0.0" and run.data.params["class_balanced_crops"] == "False"
+    assert all(len(metrics[f"train_{term}"]) == 1 for term in TERM_NAMES)
+    assert len(metrics["train_loss"]) == 4  # the total loss of every iteration
+    assert all(len(metrics[name]) == 1 and 0.0 <= metrics[name][0] <= 1.0 for name in ["val_mean_dice", *HEADS])
 
 
 def test_zoo_network_checks_and_torchscript_export_of_the_trained_checkpoint(trained_bundle):
@@ -55,28 +74,33 @@ def test_short_training_command_from_repository_root(tmp_path, mmwhs_dataset):
 def test_evaluating_writes_per_case_per_class_metrics_and_label_maps(trained_bundle, mmwhs_dataset):
     workspace = trained_bundle.parent
     configs = f"['{trained_bundle.name}/{TRAIN}','{trained_bundle.name}/{EVALUATE}']"
-    run_cli(["evaluating", "--config_file", configs, "--bundle_root", trained_bundle.name, *cli_overrides(mmwhs_dataset)], workspace)
+    args = ["evaluating", "--config_file", configs, "--bundle_root", trained_bundle.name, *tracking_args(trained_bundle.name)]
+    run_cli(args + cli_overrides(mmwhs_dataset), workspace)
     eval_dir = trained_bundle / "eval"
     for metric in ("val_mean_dice", "val_hd95_mm"):
         with open(eval_dir / f"{metric}_raw.csv", newline="") as f:
             rows = list(csv.reader(f))
-        assert rows[0] == ["filename"] + [f"class{i}" for i in range(7)] + ["mean"]
+        assert rows[0] == ["filename", *MMWHS_CLASS_NAMES[1:], "mean"]
         assert len(rows) == 2 and rows[1][0].endswith("ct_train_1001_image.nii.gz")  # fold 0 of 5 cases
         with open(eval_dir / f"{metric}_summary.csv", newline="") as f:
             summary = {row["class"]: row for row in csv.DictReader(f)}
-        assert {"mean", "std"} <= set(summary["mean"])
+        assert list(summary) == [*MMWHS_CLASS_NAMES[1:], "mean"] and {"mean", "std"} <= set(summary["mean"])
     prediction = nib.load(eval_dir / "predictions" / "ct_train_1001_image_seg.nii.gz")
     image = nib.load(mmwhs_dataset / "ct_train_1001_image.nii.gz")
     assert prediction.shape == image.shape
     np.testing.assert_allclose(prediction.affine, image.affine, atol=1e-4)
     assert set(np.unique(np.asarray(prediction.dataobj))) <= {0, *MMWHS_LABEL_CODES}
+    evaluations = [(run, m) for run, m in mlflow_runs(eval_dir / "mlruns.db") if "train_total" not in m]
+    assert [run.info.status for run, _ in evaluations] == ["FINISHED"]
+    assert {"val_mean_dice", "val_hd95_mm"} <= set(evaluations[0][1])
 
 
 def test_inference_writes_original_space_label_maps_with_mmwhs_codes(trained_bundle, mmwhs_dataset, tmp_path):
     output_dir = tmp_path / "predictions"
-    overrides = cli_overrides(mmwhs_dataset, output_dir=str(output_dir))
+    overrides = cli_overrides(mmwhs_dataset, output_dir=str(output_dir), ckpt_file="models/model_final.pt")
     inference_overrides = [a for i, a in enumerate(overrides) if not _is_training_only(overrides, i)]
-    run_cli(["--config_file", INFERENCE, *inference_overrides], cwd=trained_bundle)
+    run_cli(["--config_file", INFERENCE, *tracking_args(), *inference_overrides], cwd=trained_bundle)
+    assert [run.info.status for run, _ in mlflow_runs(output_dir / "mlruns.db")] == ["FINISHED"]
     images = sorted(mmwhs_dataset.glob("*_image.nii.gz"))
     written = sorted(output_dir.glob("*_seg.nii.gz"))
     assert [p.name for p in written] == [p.name.replace(".nii.gz", "_seg.nii.gz") for p in images]

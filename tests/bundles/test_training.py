@@ -25,8 +25,7 @@ def _train(bundle_root: Path, dataset_dir: Path, **overrides: Any) -> tuple[list
         bundle_root=str(bundle_root),
         dataset_dir=str(dataset_dir),
         max_epochs=1,
-        val_interval=2,
-        **{**TINY_UNETR, **overrides},
+        **{"val_interval": 2, **TINY_UNETR, **overrides},
     )
     workflow.initialize()
     losses: list[float] = []
@@ -57,8 +56,13 @@ def _scalars(log_dir: Path) -> dict[str, list[tuple[int, float]]]:
 
 
 @pytest.mark.parametrize("ablation", ["Basic", "DSD"])
-def test_every_loss_term_is_an_epoch_mean_in_tensorboard(tmp_path, mmwhs_dataset, ablation):
+def test_every_loss_term_is_an_epoch_mean_in_tensorboard(tmp_path, mmwhs_dataset, ablation, capfd):
     losses, metrics = _train(tmp_path, mmwhs_dataset, ablation=ablation)
+    # one epoch, validation every 2: no best model, and the last lines say which checkpoint to use instead
+    assert not (tmp_path / "models" / "model.pt").exists()
+    last_lines = capfd.readouterr().out.strip().splitlines()[-2:]  # the bundle's logging.conf logs to stdout
+    notice = f"model.pt was not written, as no validation ran in this training (--val_interval is larger"
+    assert any(notice in line and f"--ckpt_file {tmp_path / 'models' / 'model_final.pt'}" in line for line in last_lines)
     scalars = _scalars(tmp_path / "eval")
     for term in TERM_NAMES:
         per_iteration = [value for _, value in scalars[f"train_loss/{term}"]]
@@ -70,3 +74,12 @@ def test_every_loss_term_is_an_epoch_mean_in_tensorboard(tmp_path, mmwhs_dataset
     if ablation == "Basic":  # terms of weight 0 are not computed and read 0
         assert [metrics[f"train_{t}"] for t in ("deep_supervision", "kl_encoder", "kl_decoder")] == [0.0] * 3
         assert metrics["train_total"] == pytest.approx(metrics["train_main_dice_ce"])
+
+
+def test_validation_scores_every_head_and_encoder_supervision_is_a_logged_term(tmp_path, mmwhs_dataset):
+    _, metrics = _train(tmp_path, mmwhs_dataset, score_heads=True, val_interval=1, eta_encoder=0.5)
+    assert metrics["train_encoder_supervision"] > 0
+    scalars = _scalars(tmp_path / "eval")
+    heads = sorted(tag for tag in scalars if tag.startswith("val_head_dice/"))
+    assert len(heads) == 8 and "val_head_dice/D4_decoder5_input" in heads
+    assert all([step for step, _ in scalars[tag]] == [1] and 0.0 <= scalars[tag][0][1] <= 1.0 for tag in heads)

@@ -6,6 +6,7 @@ from monai.losses import DiceCELoss
 
 from custom.definitions import ABLATIONS, TERM_NAMES, ablation_weights
 from custom.losses import DSDLoss, distillation_kl
+from custom.networks import DeferredLogits
 
 K = 3
 SPATIAL = (6, 5, 4)
@@ -56,6 +57,7 @@ def test_plain_tensor_gives_dice_ce_only(ablation):
         "deep_supervision": 0.0,
         "kl_encoder": 0.0,
         "kl_decoder": 0.0,
+        "encoder_supervision": 0.0,
     }
 
 
@@ -109,11 +111,17 @@ def test_gradients_match_reference_formula(detach_teacher, z):
 
 
 @pytest.mark.parametrize(
-    "weight, term", [("eta", "deep_supervision"), ("alpha1", "kl_encoder"), ("alpha2", "kl_decoder")]
+    "weight, term",
+    [
+        ("eta", "deep_supervision"),
+        ("alpha1", "kl_encoder"),
+        ("alpha2", "kl_decoder"),
+        ("eta_encoder", "encoder_supervision"),
+    ],
 )
 def test_each_weight_scales_only_its_term(weight, term):
     outputs, target = _outputs()
-    base = {"eta": 0.3, "alpha1": 0.5, "alpha2": 0.7}
+    base = {"eta": 0.3, "alpha1": 0.5, "alpha2": 0.7, "eta_encoder": 0.4}
     w = base[weight]
     one = DSDLoss(**base)
     two = DSDLoss(**{**base, weight: 2 * w})
@@ -126,6 +134,43 @@ def test_each_weight_scales_only_its_term(weight, term):
     loss_zero = zero(outputs, target)
     assert zero.latest_terms[term] == 0
     torch.testing.assert_close(loss_one - loss_zero, w * one.latest_terms[term], rtol=1e-5, atol=1e-6)
+
+
+def test_encoder_supervision_goes_beyond_the_paper_only_when_asked():
+    outputs, target = _outputs()
+    assert DSDLoss().eta_encoder == 0.0 and not DSDLoss.from_ablation("DS").uses_encoder_heads
+    loss_fn = DSDLoss(eta=0.0, alpha1=0.0, alpha2=0.0, eta_encoder=0.5)
+    loss = loss_fn(outputs, target)
+    expected = sum(_dice_ce(e, target) for e in outputs["encoder"])
+    torch.testing.assert_close(loss_fn.latest_terms["encoder_supervision"], expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(loss, _dice_ce(outputs["pred"], target) + 0.5 * expected, rtol=1e-5, atol=1e-6)
+    assert loss_fn.uses_encoder_heads and not loss_fn.uses_decoder_heads
+    with pytest.raises(ValueError, match="eta_encoder=-1"):
+        DSDLoss(eta_encoder=-1)
+
+
+def test_encoder_supervision_of_deferred_heads_equals_full_resolution():
+    g = torch.Generator().manual_seed(4)
+    spatial = (8, 8, 8)
+    heads = []
+    for scale in (1, 2, 4):
+        low = 2 * torch.randn(2, K, *(n // scale for n in spatial), generator=g, dtype=torch.float64)
+        kernel = torch.randn(K, K, scale, scale, scale, generator=g, dtype=torch.float64) / 2
+        bias = torch.randn(K, scale, scale, scale, generator=g, dtype=torch.float64) / 2
+        heads.append(DeferredLogits(low.requires_grad_(), kernel.requires_grad_(), bias.requires_grad_()))
+    target = torch.randint(0, K, (2, 1, *spatial), generator=g)
+    pred = torch.zeros(2, K, *spatial, dtype=torch.float64)
+    loss_fn = DSDLoss(eta=0.0, alpha1=0.7, alpha2=0.0, eta_encoder=0.5)
+    leaves = [t for head in heads for t in head]
+    results = []
+    for encoders in (heads, [head.upsample() for head in heads]):
+        total = loss_fn({"pred": pred, "encoder": encoders, "decoder": []}, target)
+        results.append((dict(loss_fn.latest_terms), torch.autograd.grad(total, leaves)))
+    (blockwise, blockwise_grads), (reference, reference_grads) = results
+    for name in TERM_NAMES:
+        torch.testing.assert_close(blockwise[name], reference[name], rtol=1e-10, atol=1e-12)
+    for grad, expected in zip(blockwise_grads, reference_grads):
+        torch.testing.assert_close(grad, expected, rtol=1e-9, atol=1e-12)
 
 
 @pytest.mark.parametrize("tau", [0.5, 1.0, 3.0])

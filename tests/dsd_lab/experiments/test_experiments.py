@@ -16,6 +16,7 @@ from dsd_lab.experiments.ablation import ablation_study
 from dsd_lab.experiments.cv import cross_validate
 from dsd_lab.experiments.records import start_record
 from dsd_lab.experiments.report import report
+from dsd_lab.experiments.results import collect_results
 from dsd_lab.experiments.study import as_list
 from dsd_lab.experiments.tables import cv_summary, format_cell, write_comparison_tables
 from tests.helpers import BRATS_BUNDLE, HIPPOCAMPUS_BUNDLE, TINY_UNETR, cli_overrides, run_console
@@ -99,6 +100,19 @@ def test_an_interrupted_run_resumes_its_training_and_a_finished_one_is_skipped(t
     calls.clear()
     runs_module.run_experiment(BUNDLE_DIR, run_dir, {"fold": 1})
     assert calls == []
+
+
+@pytest.mark.parametrize("rows, error", [(["WT", "TC", "ET"], None), (["class0", "class1", "class2"], "evaluate the run")])
+def test_results_are_read_by_the_class_names_the_summaries_give(tmp_path, rows, error):
+    for stem in ("val_mean_dice", "val_hd95_mm"):
+        lines = ["class,mean,std"] + [f"{row},0.{i + 1},0.0{i + 1}" for i, row in enumerate([*rows, "mean"])]
+        (tmp_path / f"{stem}_summary.csv").write_text("\n".join(lines) + "\n")
+    if error:
+        with pytest.raises(ValueError, match=f"lacks the rows.*'WT'.*{error}"):
+            collect_results(tmp_path, list(BRATS_REGIONS))
+        return
+    results = collect_results(tmp_path, list(BRATS_REGIONS))
+    assert list(results["dice"]) == ["WT", "TC", "ET", "mean"] and results["hd95"]["ET"] == {"mean": 0.3, "std": 0.03}
 
 
 def test_cv_rejects_a_bundle_without_folds_and_folds_out_of_range(tmp_path):

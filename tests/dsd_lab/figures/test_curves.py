@@ -87,6 +87,20 @@ def test_training_curves_with_validation_only(tmp_path):
     assert imread(training_curves(tmp_path, tmp_path / "c.png")).shape[:2] == (600, 1650)
 
 
+def test_training_curves_draw_every_scored_head_in_the_papers_order(tmp_path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    _write_run(tmp_path, iteration_level=False)
+    with SummaryWriter(str(tmp_path)) as writer:
+        for epoch in range(1, EPOCHS + 1):
+            for head in ("D2_decoder4", "E10_deep", "D1_decoder3", "E2_encoder2"):
+                writer.add_scalar(f"val_head_dice/{head}", epoch / 20, epoch)
+    curves = load_training_curves(tmp_path)
+    assert list(curves.head_dice) == ["E2_encoder2", "E10_deep", "D1_decoder3", "D2_decoder4"]
+    np.testing.assert_allclose(curves.head_dice["E2_encoder2"][1], [0.05, 0.1, 0.15, 0.2])
+    assert imread(training_curves(tmp_path, tmp_path / "c.png")).shape[:2] == (600, 2400)  # a third panel
+
+
 def test_training_curves_without_expected_tags_list_what_was_found(tmp_path):
     from torch.utils.tensorboard import SummaryWriter
 
