@@ -161,8 +161,12 @@ def emkd_term_names(pairs: Sequence[str]) -> tuple[str, ...]:
     return ("total", TERM_NAMES[1], "pmd", *(f"imd_{pair}" for pair in pairs), *(f"rad_{pair}" for pair in pairs))
 def dmd_term_names(supervised_terms: tuple[str, ...] = TERM_NAMES) -> tuple[str, ...]:
     """Names of the terms of :class:`custom.dmd.MutualDistillationLoss`, as the bundles log them.
+
     The total, the unweighted mutual Dice, its current weight, then each network's supervised terms prefixed with
     the network's name (``net1_main_dice_ce``, ...).
+
+    Args:
         supervised_terms: the term names of the supervised loss of one network, DSD's by default.
+    """
     own = tuple(f"{network}_{term}" for network in DMD_NETWORKS for term in supervised_terms)
     return ("total", "mutual_dice", "mutual_weight", *own)

@@ -21,7 +21,7 @@ from monai.losses import DiceLoss
 from monai.utils import CommonKeys, convert_to_tensor
 
 from custom.definitions import DMD_NETWORKS, TERM_NAMES, dmd_term_names
-from custom.networks import DECODER_KEY, ENCODER_KEY, PRED_KEY, DeferredLogits
+from custom.networks import PRED_KEY, DeferredLogits
 
 __all__ = [
     "MutualDistillationLoss",

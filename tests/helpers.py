@@ -26,15 +26,6 @@ from custom.losses import DSDLoss
 from custom.networks import DeferredLogits, DSDNet
 
 __all__ = [
-    "BAD_MMWHS_CASES",
-    "DATA_FAULTS",
-    "BRATS_BUNDLE",
-    "DataFault",
-    "HIPPOCAMPUS_BUNDLE",
-    "MMWHS_BUNDLE",
-    "ROOT",
-    "TINY_NETWORK_KEYS",
-    "TINY_UNETR",
     "assert_bad_input_fails_clearly",
     "assert_exports_match_checkpoint",
     "assert_inference_needs_no_custom_code",
@@ -46,16 +37,25 @@ __all__ = [
     "head_terms",
     "leaves_of",
     "mlflow_runs",
-    "run_cli",
     "network_overrides",
+    "run_cli",
     "run_console",
     "run_module",
     "tiny_network",
     "tiny_train_workflow",
-    "torchrun",
     "tiny_unetr_dsd",
+    "torchrun",
     "tracking_args",
     "train_bundle_copy",
+    "BAD_MMWHS_CASES",
+    "BRATS_BUNDLE",
+    "DATA_FAULTS",
+    "DataFault",
+    "HIPPOCAMPUS_BUNDLE",
+    "MMWHS_BUNDLE",
+    "ROOT",
+    "TINY_NETWORK_KEYS",
+    "TINY_UNETR",
 ]
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -136,7 +136,6 @@ def torchrun(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return result
 
 
-def train_bundle_copy(bundle_dir: Path, workspace: Path, dataset_dir: Path, **overrides: Any) -> Path:
 def train_bundle_copy(
     bundle_dir: Path, workspace: Path, dataset_dir: Path, cli_args: Sequence[str] = (), **overrides: Any
 ) -> Path:
@@ -187,16 +186,17 @@ def tiny_train_workflow(
     return workflow
 
 
-def assert_plain_unetr_training_outputs(bundle: Path, in_channels: int, out_channels: int) -> None:
-    """A trained bundle saved plain tiny-UNETR checkpoints and logged both metrics and every loss term, per iteration
-    (``train_loss/<term>``) and as epoch mean (``train_<term>``)."""
 def tracking_args(bundle_root: str = ".") -> list[str]:
     """``--tracking <bundle_root>/configs/mlflow.json``, the bundles' MLflow tracking, where MLflow is installed."""
     return ["--tracking", f"{bundle_root}/configs/mlflow.json"] if importlib.util.find_spec("mlflow") else []
+
+
 def mlflow_runs(tracking_db: Path) -> list:
     """Every run of every experiment in an MLflow SQLite store, oldest first, with its metric histories.
+
     Returns:
         ``[(run, {metric: [values by step]})]``; the test is skipped where MLflow is not installed.
+    """
     mlflow = pytest.importorskip("mlflow")
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tracking_db}")
     experiments = [e.experiment_id for e in client.search_experiments()]
@@ -205,6 +205,8 @@ def mlflow_runs(tracking_db: Path) -> list:
         (run, {key: [m.value for m in client.get_metric_history(run.info.run_id, key)] for key in run.data.metrics})
         for run in runs
     ]
+
+
 def assert_plain_unetr_training_outputs(
     bundle: Path, in_channels: int, out_channels: int, more_tags: Sequence[str] = ()
 ) -> None:
@@ -503,6 +505,8 @@ def deferred_heads(
         )
         heads.append(DeferredLogits(*(t.requires_grad_() for t in tensors)))
     return heads
+
+
 def head_terms(
     loss: DSDLoss, encoders: Sequence[DeferredLogits], decoders: Sequence[DeferredLogits], target: torch.Tensor,
     upsample: bool,
@@ -515,9 +519,13 @@ def head_terms(
     pred = torch.zeros(target.shape[0], classes, *target.shape[2:], dtype=reference.dtype, device=reference.device)
     total = loss({"pred": pred, "encoder": list(encoders), "decoder": list(decoders)}, target)
     return total - loss.latest_terms["main_dice_ce"], loss.latest_terms
+
+
 def leaves_of(heads: Sequence[DeferredLogits]) -> list[torch.Tensor]:
     """Every tensor of every head."""
     return [t for head in heads for t in head]
+
+
 def tiny_unetr_dsd(classes: int, defer: bool, size: int = 16) -> DSDNet:
     """A seeded tiny UNETR with the paper's taps, its heads' upsampling biases made non-zero."""
     torch.manual_seed(0)

@@ -61,7 +61,7 @@ def test_every_loss_term_is_an_epoch_mean_in_tensorboard(tmp_path, mmwhs_dataset
     # one epoch, validation every 2: no best model, and the last lines say which checkpoint to use instead
     assert not (tmp_path / "models" / "model.pt").exists()
     last_lines = capfd.readouterr().out.strip().splitlines()[-2:]  # the bundle's logging.conf logs to stdout
-    notice = f"model.pt was not written, as no validation ran in this training (--val_interval is larger"
+    notice = "model.pt was not written, as no validation ran in this training (--val_interval is larger"
     assert any(notice in line and f"--ckpt_file {tmp_path / 'models' / 'model_final.pt'}" in line for line in last_lines)
     scalars = _scalars(tmp_path / "eval")
     for term in TERM_NAMES:

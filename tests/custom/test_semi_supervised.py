@@ -10,8 +10,8 @@ import pytest
 import torch
 from monai.transforms import Compose, RandCropByPosNegLabeld, RandFlipd, RandSpatialCropSamplesd, SpatialPadd
 
-from custom.mmwhs import find_mmwhs_unlabelled
 from custom.errors import DataError, MissingDataError
+from custom.mmwhs import find_mmwhs_unlabelled
 from custom.msd import load_image_folder
 from custom.semi_supervised import image_only, split_labels, unlabelled_cases
 
