@@ -22,6 +22,7 @@ from tests.helpers import (
     break_mmwhs_dataset,
     cli_overrides,
     tiny_network,
+    tiny_train_workflow,
 )
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -65,16 +66,7 @@ def test_the_training_command_exits_with_1_and_ends_naming_the_file(tmp_path, mm
 
 
 def _train_in_process(bundle_root: Path, dataset_dir: Path) -> None:
-    workflow = ConfigWorkflow(
-        config_file=str(MMWHS_BUNDLE / "configs" / "train.json"),
-        workflow_type="train",
-        bundle_root=str(bundle_root),
-        dataset_dir=str(dataset_dir),
-        max_epochs=1,
-        **{**TINY_UNETR, "cache_rate": 1.0},
-    )
-    workflow.initialize()
-    workflow.run()
+    tiny_train_workflow(MMWHS_BUNDLE, dataset_dir, bundle_root, max_epochs=1, cache_rate=1.0).run()
 
 
 @pytest.mark.parametrize("fault", _faults("in-process"))

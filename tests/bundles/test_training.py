@@ -7,27 +7,18 @@ from typing import Any
 
 import pytest
 from ignite.engine import Events
-from monai.bundle import ConfigWorkflow
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from custom.definitions import TERM_NAMES
 from tests.helpers import MMWHS_BUNDLE as BUNDLE_DIR
-from tests.helpers import TINY_UNETR
+from tests.helpers import tiny_train_workflow
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _train(bundle_root: Path, dataset_dir: Path, **overrides: Any) -> tuple[list[float], dict[str, float]]:
     """One epoch of the tiny bundle without validation; the loss of every iteration and the epoch metrics."""
-    workflow = ConfigWorkflow(
-        config_file=str(BUNDLE_DIR / "configs" / "train.json"),
-        workflow_type="train",
-        bundle_root=str(bundle_root),
-        dataset_dir=str(dataset_dir),
-        max_epochs=1,
-        **{"val_interval": 2, **TINY_UNETR, **overrides},
-    )
-    workflow.initialize()
+    workflow = tiny_train_workflow(BUNDLE_DIR, dataset_dir, bundle_root, max_epochs=1, **{"val_interval": 2, **overrides})
     losses: list[float] = []
     workflow.trainer.add_event_handler(
         Events.ITERATION_COMPLETED, lambda engine: losses.append(engine.state.output["loss"].item())
