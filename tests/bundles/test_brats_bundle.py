@@ -178,6 +178,9 @@ def test_metadata_describes_the_network_io():
 def test_config_workflow_properties(config_files, workflow_type, dataset, tmp_path):
     # Resolving the properties builds the datasets and handlers, so the check needs real data and a bundle root.
     tiny = {key: TINY_UNETR[key] for key in ("roi_size", "feature_size", "hidden_size", "mlp_dim", "num_heads")}
+    if workflow_type == "infer":  # initialize checks that the checkpoint exists; the properties never load it
+        (tmp_path / "models").mkdir()
+        (tmp_path / "models" / "model.pt").touch()
     workflow = ConfigWorkflow(
         bundle_root=str(tmp_path),
         config_file=[str(CONFIGS / name) for name in config_files],

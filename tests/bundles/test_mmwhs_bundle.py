@@ -123,6 +123,9 @@ def _is_training_only(args: list[str], index: int) -> bool:
 )
 def test_config_workflow_properties(config_files, workflow_type, mmwhs_dataset, tmp_path):
     # Resolving the properties builds the datasets and handlers, so the check needs real data and a bundle root.
+    if workflow_type == "infer":  # initialize checks that the checkpoint exists; the properties never load it
+        (tmp_path / "models").mkdir()
+        (tmp_path / "models" / "model.pt").touch()
     workflow = ConfigWorkflow(
         bundle_root=str(tmp_path),
         config_file=[str(CONFIGS / name) for name in config_files],
