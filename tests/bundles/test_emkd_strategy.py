@@ -31,6 +31,7 @@ from tests.helpers import (
     cli_overrides,
     run_cli,
     tiny_network,
+    tiny_train_workflow,
 )
 
 BUNDLES = [MMWHS_BUNDLE, BRATS_BUNDLE, HIPPOCAMPUS_BUNDLE]
@@ -97,8 +98,6 @@ def teacher_ckpt(tmp_path_factory) -> Path:
 def _workflow(bundle_root: Path, dataset_dir: Path, files=("train.json", STRATEGY), **overrides) -> ConfigWorkflow:
     """An initialised training of the MM-WHS bundle's configs with the tiny teacher; its outputs in ``bundle_root``."""
     settings = {
-        **TINY_UNETR,
-        "dataset_dir": str(dataset_dir),
         "teacher_configs": _configs(MMWHS_BUNDLE, "train.json"),
         "teacher_overrides": TEACHER_SHAPE,
         "max_epochs": 1,
@@ -106,11 +105,7 @@ def _workflow(bundle_root: Path, dataset_dir: Path, files=("train.json", STRATEG
         "num_samples": 1,
         **overrides,
     }
-    workflow = ConfigWorkflow(
-        config_file=_configs(MMWHS_BUNDLE, *files), workflow_type="train", bundle_root=str(bundle_root), **settings
-    )
-    workflow.initialize()
-    return workflow
+    return tiny_train_workflow(MMWHS_BUNDLE, dataset_dir, bundle_root, files, **settings)
 
 
 @pytest.fixture(scope="module")
@@ -121,15 +116,8 @@ def trained(tmp_path_factory, mmwhs_dataset, teacher_ckpt) -> tuple[Path, Config
     shutil.copytree(MMWHS_BUNDLE, bundle, ignore=shutil.ignore_patterns("models", "eval"))
     (bundle / "models" / "teacher").mkdir(parents=True)
     shutil.copy(teacher_ckpt, bundle / "models" / "teacher" / "model.pt")
-    settings = {**TINY_UNETR, "max_epochs": 1, "val_interval": 1, "num_samples": 1, "teacher_overrides": TEACHER_SHAPE}
-    workflow = ConfigWorkflow(
-        config_file=_configs(bundle, "train.json", STRATEGY),
-        workflow_type="train",
-        bundle_root=str(bundle),
-        dataset_dir=str(mmwhs_dataset),
-        **settings,
-    )
-    workflow.initialize()
+    settings = {"max_epochs": 1, "val_interval": 1, "num_samples": 1, "teacher_overrides": TEACHER_SHAPE}
+    workflow = tiny_train_workflow(bundle, mmwhs_dataset, bundle, ("train.json", STRATEGY), **settings)
     workflow.run()
     return bundle, workflow
 
