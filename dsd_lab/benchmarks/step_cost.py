@@ -9,9 +9,11 @@ Usage::
 Training variants, as in the paper's ablation: ``basic`` (the bare backbone with DiceCE), ``ds`` (deep
 supervision of the decoder heads) and ``dsd`` (deep supervision and both distillations), built as the
 bundles build them: heads with deferred upsampling and the blockwise loss. ``--reference`` measures
-instead full-resolution heads and the term-by-term eq. 4, the straightforward implementation. Step times
-are medians over ``steps`` steps taken in turn by every variant in one process, so that drift of the
-machine affects all variants alike. Peak memory is CUDA's max allocated on a GPU; on the CPU each
+instead full-resolution heads and the term-by-term eq. 4, the straightforward implementation. The variants
+take their steps in turn in one process, in rounds of one step each whose order reverses from one round to the
+next, so that a drift of the machine falls on every variant alike. A variant's step ratio is the median over
+rounds of its step time over Basic's in the same round; the ratio of the variants' median step times is reported
+beside it (``step_ratio_<variant>_of_medians``). Peak memory is CUDA's max allocated on a GPU; on the CPU each
 variant runs in its own subprocess and reports how far its peak resident set grew over the process's
 resident set before the model was built (parameters, gradients, optimiser state and activations).
 
@@ -48,7 +50,7 @@ from custom.flags import as_flag
 from custom.losses import DSDLoss
 from custom.networks import DSDNet
 from dsd_lab.benchmarks.host import host_facts
-from dsd_lab.benchmarks.traffic import GPUS, block_voxels_of, count_step, gpu_step_seconds, host_ratio
+from dsd_lab.benchmarks.traffic import GPUS, blocks_as_on, count_step, gpu_step_seconds, host_ratio
 from dsd_lab.cli import run_command
 
 __all__ = [
@@ -202,15 +204,23 @@ class TrainingStep:
         return time.perf_counter() - start
 
 
-def measure_times(setup: Setup, device: torch.device, steps: int) -> dict[str, float]:
-    """Median training-step time of each variant and eval-mode forward time of DSD vs its bare backbone."""
+def measure_times(setup: Setup, device: torch.device, steps: int) -> dict[str, Any]:
+    """Training-step times and ratios of each variant, and eval-mode forward time of DSD vs its bare backbone.
+
+    Returns:
+        ``step_times_s`` (every timed step of each variant, round by round), ``step_s_<variant>`` (their
+        medians), ``step_ratio_<variant>`` (the median over rounds of the variant's step over Basic's in the
+        same round), ``step_ratio_<variant>_of_medians`` (the ratio of the medians), ``eval_dsd_s`` and
+        ``eval_bare_s``.
+    """
     runners = {v: TrainingStep(v, setup, device) for v in VARIANTS}
     for runner in runners.values():  # warm-up: allocator, autotuning, first-call overheads
         runner.train_step()
     times: dict[str, list[float]] = {v: [] for v in VARIANTS}
-    for _ in range(steps):
-        for variant, runner in runners.items():
-            times[variant].append(runner.train_step())
+    for step in range(steps):
+        # a reversed order every other round puts Basic and DSD first and last equally often
+        for variant in VARIANTS if step % 2 == 0 else VARIANTS[::-1]:
+            times[variant].append(runners[variant].train_step())
     dsd = runners["dsd"]
     evals: dict[str, list[float]] = {"eval_dsd": [], "eval_bare": []}
     for module, key in ((dsd.net, "eval_dsd"), (dsd.net.backbone, "eval_bare")):
@@ -218,7 +228,12 @@ def measure_times(setup: Setup, device: torch.device, steps: int) -> dict[str, f
     for _ in range(steps):
         for module, key in ((dsd.net, "eval_dsd"), (dsd.net.backbone, "eval_bare")):
             evals[key].append(dsd.eval_forward(module))
-    result = {f"step_s_{v}": statistics.median(t) for v, t in times.items()}
+    result: dict[str, Any] = {"step_times_s": times}
+    result.update({f"step_s_{v}": statistics.median(t) for v, t in times.items()})
+    for variant in ("ds", "dsd"):
+        paired = [t / basic for t, basic in zip(times[variant], times["basic"])]
+        result[f"step_ratio_{variant}"] = statistics.median(paired)
+        result[f"step_ratio_{variant}_of_medians"] = result[f"step_s_{variant}"] / result["step_s_basic"]
     result.update({f"{k}_s": statistics.median(t) for k, t in evals.items()})
     return result
 
@@ -296,7 +311,6 @@ def measure_run(setup: Setup, device: torch.device, steps: int) -> dict[str, Any
     result.update(measure_times(setup, device, steps))
     result.update(measure_memory(setup, device))
     for variant in ("ds", "dsd"):
-        result[f"step_ratio_{variant}"] = result[f"step_s_{variant}"] / result["step_s_basic"]
         result[f"memory_ratio_{variant}"] = result[f"memory_bytes_{variant}"] / result["memory_bytes_basic"]
     result["eval_ratio"] = result["eval_dsd_s"] / result["eval_bare_s"]
     return result
@@ -313,7 +327,7 @@ def traffic_model(setup: Setup) -> dict[str, dict[str, int]]:
     for variant in ("basic", "dsd"):
         counts[f"host_{variant}"] = count_step(TrainingStep(variant, replace(setup, amp_dtype=None), cpu).run_step)
         gpu_step = TrainingStep(variant, replace(setup, amp_dtype="bfloat16"), cpu, foreach=True)
-        with block_voxels_of("cuda"):
+        with blocks_as_on("cuda"):
             counts[f"gpu_{variant}"] = count_step(gpu_step.run_step)
     return counts
 

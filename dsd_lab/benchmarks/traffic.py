@@ -144,14 +144,14 @@ class TrafficCounter(TorchDispatchMode):
 
 
 @contextmanager
-def block_voxels_of(device_type: str) -> Iterator[None]:
+def blocks_as_on(device_type: str) -> Iterator[None]:
     """Let the blockwise loss on this machine cut its blocks as it does on ``device_type``."""
-    saved = blockwise_loss.BLOCK_VOXELS["cpu"]
-    blockwise_loss.BLOCK_VOXELS["cpu"] = blockwise_loss.BLOCK_VOXELS[device_type]
+    saved = blockwise_loss.BLOCK_ELEMENTS["cpu"]
+    blockwise_loss.BLOCK_ELEMENTS["cpu"] = blockwise_loss.BLOCK_ELEMENTS[device_type]
     try:
         yield
     finally:
-        blockwise_loss.BLOCK_VOXELS["cpu"] = saved
+        blockwise_loss.BLOCK_ELEMENTS["cpu"] = saved
 
 
 def count_step(step: Callable[[], Any]) -> Traffic:

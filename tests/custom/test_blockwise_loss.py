@@ -37,11 +37,11 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("block_voxels", [150_000, 64])
+@pytest.mark.parametrize("block_elements", [64 * 150_000, 64])
 @pytest.mark.parametrize("geometry", [ISOTROPIC, ANISOTROPIC], ids=["isotropic", "anisotropic"])
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_blockwise_terms_and_gradients_equal_eq4(case, geometry, block_voxels, monkeypatch):
-    monkeypatch.setitem(blockwise_loss.BLOCK_VOXELS, "cpu", block_voxels)
+def test_blockwise_terms_and_gradients_equal_eq4(case, geometry, block_elements, monkeypatch):
+    monkeypatch.setitem(blockwise_loss.BLOCK_ELEMENTS, "cpu", block_elements)
     spatial, encoder_scales, decoder_scales = geometry
     encoders, decoders = deferred_heads(spatial, encoder_scales, K), deferred_heads(spatial, decoder_scales, K, seed=1)
     target = torch.randint(0, K, (2, 1, *spatial), generator=torch.Generator().manual_seed(2))
@@ -210,7 +210,7 @@ def test_a_head_in_two_groups_is_refused():
 
 
 def test_identical_twice_with_deterministic_algorithms(monkeypatch):
-    monkeypatch.setitem(blockwise_loss.BLOCK_VOXELS, "cpu", 64)  # a gathered head and many blocks
+    monkeypatch.setitem(blockwise_loss.BLOCK_ELEMENTS, "cpu", 64)  # a gathered head and many blocks
     spatial, encoder_scales, decoder_scales = ISOTROPIC
     target = torch.randint(0, K, (2, 1, *spatial))
     previous = torch.are_deterministic_algorithms_enabled()

@@ -48,13 +48,13 @@ def _blockwise(kwargs: dict, encoders, decoders, target: torch.Tensor) -> tuple[
     return terms, torch.autograd.grad(total, leaves_of(encoders + decoders), allow_unused=True)
 
 
-@pytest.mark.parametrize("block_voxels", [1 << 21, 64], ids=["one_block", "many_blocks"])
+@pytest.mark.parametrize("block_elements", [1 << 26, 64], ids=["one_block", "many_blocks"])
 @pytest.mark.parametrize(
     "dtype, rtol, atol", [(torch.float64, 1e-10, 1e-12), (torch.float32, 1e-4, 1e-7)], ids=["float64", "float32"]
 )
 @pytest.mark.parametrize("kwargs", [{}, {"detach_teacher": True, "tau": 2.0}], ids=["dsd", "detached"])
-def test_blockwise_loss_equals_the_cpu_float64_reference(kwargs, dtype, rtol, atol, block_voxels, device, monkeypatch):
-    monkeypatch.setitem(blockwise_loss.BLOCK_VOXELS, device.type, block_voxels)
+def test_blockwise_loss_equals_the_cpu_float64_reference(kwargs, dtype, rtol, atol, block_elements, device, monkeypatch):
+    monkeypatch.setitem(blockwise_loss.BLOCK_ELEMENTS, device.type, block_elements)
     encoders, decoders, target = _heads_and_target()
     expected_total, expected_terms = head_terms(DSDLoss(**kwargs), encoders, decoders, target, upsample=True)
     expected_grads = torch.autograd.grad(expected_total, leaves_of(encoders + decoders), allow_unused=True)
@@ -70,7 +70,7 @@ def test_blockwise_loss_equals_the_cpu_float64_reference(kwargs, dtype, rtol, at
 
 
 def test_blockwise_loss_is_identical_twice_when_determinism_is_asked_for(device, deterministic, monkeypatch):
-    monkeypatch.setitem(blockwise_loss.BLOCK_VOXELS, device.type, 64)  # gathered heads and many blocks too
+    monkeypatch.setitem(blockwise_loss.BLOCK_ELEMENTS, device.type, 64)  # gathered heads and many blocks too
     encoders, decoders, target = _heads_and_target()
     runs = [
         _blockwise({}, _on(encoders, device, torch.float32), _on(decoders, device, torch.float32), target.to(device))

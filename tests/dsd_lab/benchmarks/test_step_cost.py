@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -50,6 +51,32 @@ def test_repeats_print_every_run_with_median_and_worst(monkeypatch, capsys):
     printed = capsys.readouterr().out
     assert "run 1" in printed and "run 3" in printed
     assert "step_ratio_dsd:   1.200   1.000   1.100    1.100    1.200" in printed
+
+
+def test_step_ratio_pairs_each_round_and_reverses_the_order(monkeypatch):
+    # after the warm-up step, Basic takes 1, 2, 4 s and DSD 1.1, 2.4, 4.4 s: a machine slowing down
+    scripted = {"basic": [9.0, 1.0, 2.0, 4.0], "ds": [9.0, 1.0, 2.0, 4.0], "dsd": [9.0, 1.1, 2.4, 4.4]}
+    calls = []
+
+    class ScriptedStep:
+        def __init__(self, variant, setup, device):
+            self.variant, self.times = variant, iter(scripted[variant])
+            self.net = SimpleNamespace(backbone=None)
+
+        def train_step(self):
+            calls.append(self.variant)
+            return next(self.times)
+
+        def eval_forward(self, module):
+            return 1.0
+
+    monkeypatch.setattr(step_cost, "TrainingStep", ScriptedStep)
+    result = step_cost.measure_times(Setup(**TINY), torch.device("cpu"), steps=3)
+    assert calls[3:] == ["basic", "ds", "dsd", "dsd", "ds", "basic", "basic", "ds", "dsd"]
+    assert result["step_times_s"]["dsd"] == [1.1, 2.4, 4.4]
+    assert result["step_ratio_dsd"] == pytest.approx(1.1)  # median of 1.1, 1.2, 1.1
+    assert result["step_ratio_dsd_of_medians"] == pytest.approx(1.2)  # 2.4 / 2.0
+    assert result["step_ratio_ds"] == pytest.approx(1.0)
 
 
 @pytest.mark.parametrize("options, message", [({"repeat": 0}, "--repeat"), ({"amp_dtype": "float8"}, "amp_dtype")])
