@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from ignite.engine import Engine, Events
 
 from custom.flags import as_flag
 
-__all__ = ["AMP_DTYPES", "TrainerGradScaler", "autocast_kwargs", "uses_grad_scaler"]
+__all__ = ["AMP_DTYPES", "TrainerGradScaler", "autocast_kwargs", "uses_grad_scaler", "warn_cpu_bfloat16"]
 
 #: The ``amp_dtype`` config values and the autocast dtype of each.
 AMP_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -45,6 +47,36 @@ def uses_grad_scaler(amp: bool | str, amp_dtype: str) -> bool:
         ValueError: a value that is none of these.
     """
     return as_flag(amp, "amp") and _dtype(amp_dtype) == torch.float16
+
+
+def warn_cpu_bfloat16(amp: bool | str, amp_dtype: str, device: str | torch.device) -> bool:
+    """Warn when a training is set to take bfloat16 steps on the CPU, whose convolution gradients can be wrong.
+
+    PyTorch 2.13's oneDNN computes the bfloat16 weight gradients of some 3-D convolutions over small
+    feature maps from memory it has not written (NaN or far off, differing from run to run): seen with
+    2^3 maps and 3^3 kernels (UNETR's ``decoder5`` at a 16^3 ROI) and with 1^3 to 4^3 maps and 5^3
+    kernels. float32 and float16 steps compute them correctly, and CUDA does not use oneDNN.
+
+    Args:
+        amp: whether mixed precision is on; also ``"true"``/``"false"`` as the command line gives them.
+        amp_dtype: ``"float16"`` or ``"bfloat16"``.
+        device: the training device.
+
+    Returns:
+        Whether it warned.
+
+    Raises:
+        ValueError: an ``amp`` or ``amp_dtype`` that is none of these.
+    """
+    if not (as_flag(amp, "amp") and _dtype(amp_dtype) == torch.bfloat16 and torch.device(device).type == "cpu"):
+        return False
+    warnings.warn(
+        "bfloat16 training on the CPU: PyTorch's oneDNN computes the bfloat16 weight gradients of some 3-D "
+        "convolutions over small feature maps wrong (e.g. 2^3 maps with 3^3 kernels); train with --amp false "
+        "or --amp_dtype float16 on the CPU.",
+        stacklevel=2,
+    )
+    return True
 
 
 class TrainerGradScaler:

@@ -16,6 +16,7 @@ BUNDLES = [MMWHS_BUNDLE, BRATS_BUNDLE, HIPPOCAMPUS_BUNDLE]
 #: The ids that choose the device and the autocast dtype; inference.json must choose as train.json does.
 DEVICE_AND_PRECISION = ("device", "amp", "amp_dtype")
 SET_DEVICE = "$torch.device(@device).index is None or torch.cuda.set_device(@device)"
+WARN_CPU_BFLOAT16 = "$custom.amp.warn_cpu_bfloat16(@amp, @amp_dtype, @device)"
 
 
 def _parsed(bundle: Path, config_file: str, ids: list[str], **overrides) -> dict:
@@ -83,3 +84,11 @@ def test_deterministic_training_with_validation_runs_on_the_device_named_by_a_st
     workflow.run()
     assert workflow.trainer.state.iteration == 2
     assert (tmp_path / "models" / "model.pt").is_file()  # validation ran and saved the best model
+
+
+@pytest.mark.parametrize("bundle", BUNDLES, ids=lambda b: b.name)
+def test_bfloat16_training_on_the_cpu_warns_at_the_start(bundle):
+    for config_file in ("train.json", "multi_gpu_train.json"):
+        assert WARN_CPU_BFLOAT16 in json.loads((bundle / "configs" / config_file).read_text())["initialize"]
+    with pytest.warns(UserWarning, match="bfloat16 training on the CPU"):
+        _parsed(bundle, "train.json", ["initialize"], device="cpu", amp="true", amp_dtype="bfloat16")

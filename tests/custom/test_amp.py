@@ -8,7 +8,7 @@ import pytest
 import torch
 from monai.engines import SupervisedTrainer
 
-from custom.amp import TrainerGradScaler, autocast_kwargs, uses_grad_scaler
+from custom.amp import TrainerGradScaler, autocast_kwargs, uses_grad_scaler, warn_cpu_bfloat16
 
 
 @pytest.mark.parametrize("name, dtype", [("float16", torch.float16), ("bfloat16", torch.bfloat16)])
@@ -28,6 +28,23 @@ def test_other_dtypes_are_refused_by_name(name):
 )
 def test_only_float16_steps_scale_the_loss(amp, amp_dtype, expected):
     assert uses_grad_scaler(amp, amp_dtype) is expected
+
+
+@pytest.mark.parametrize(
+    "amp, amp_dtype, device, warns",
+    [
+        (True, "bfloat16", "cpu", True),
+        ("true", "bfloat16", torch.device("cpu"), True),
+        (False, "bfloat16", "cpu", False),  # float32 steps
+        (True, "float16", "cpu", False),
+        (True, "bfloat16", "cuda:1", False),
+    ],
+)
+def test_bfloat16_training_on_the_cpu_warns(amp, amp_dtype, device, warns):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert warn_cpu_bfloat16(amp, amp_dtype, device) is warns
+    assert [str(w.message).startswith("bfloat16 training on the CPU") for w in caught] == [True] * warns
 
 
 def _trainer(amp: bool, scaler: torch.amp.GradScaler, iterations: int = 3) -> SupervisedTrainer:
