@@ -132,17 +132,15 @@ def blockwise_head_terms(
                 f"DSD loss: head {index} upsamples to batch {head.low_res.shape[0]} and size {size}, "
                 f"but the labels are {tuple(target.shape)}."
             )
-    members = [i for group in groups for i in (group.teacher, *group.students)]
-    if len(members) != len(set(members)):
+    plan = _Plan(tuple(supervised), tuple(groups), float(tau), detach_teacher, dice_ce, plain)
+    if len(plan.grouped) != len(set(plan.grouped)):
         raise ValueError(f"DSD loss: a head may belong to one distillation group only, got {list(groups)}.")
-    stacked = len(set(members) | set(supervised))
     try:
         block_elements = BLOCK_ELEMENTS.get(target.device.type, BLOCK_ELEMENTS["cuda"])
-        block_voxels = max(1, block_elements // (max(1, stacked) * deferred[0].weight.shape[1]))
+        block_voxels = max(1, block_elements // (max(1, len(plan.stack)) * deferred[0].weight.shape[1]))
         layout = _Layout(tuple(target.shape[2:]), [head.scale for head in deferred], block_voxels)
     except LookupError:
         return None
-    plan = _Plan(tuple(supervised), tuple(groups), float(tau), detach_teacher, dice_ce, plain)
     flat = [tensor for head in deferred for tensor in head]
     return _BlockwiseHeadLoss.apply(plan, layout, target, *flat)
 
@@ -161,6 +159,17 @@ class _Plan:
     detach_teacher: bool
     dice_ce: DiceCESettings
     plain: tuple[bool, ...]  # heads given as full-resolution logits: no kernel to apply
+
+    @property
+    def grouped(self) -> list[int]:
+        """Each distillation group's teacher, then its students, group after group."""
+        return [i for group in self.groups for i in (group.teacher, *group.students)]
+
+    @property
+    def stack(self) -> list[int]:
+        """The order of the heads' stacked blocks: the grouped heads, then the other supervised ones."""
+        grouped = self.grouped
+        return grouped + [i for i in self.supervised if i not in grouped]
 
 
 def _digit_shape(levels: Sequence[Sequence[int]], coarse: Sequence[int]) -> tuple[list[int], list[int]]:
@@ -448,9 +457,7 @@ def _forward(
     scratch = _Scratch(n, dtype, device)
     class_index = torch.arange(classes, device=device)[:, None]
 
-    # The blocks of all heads are stacked: each group's teacher and students, then the other supervised heads.
-    grouped = [i for group in plan.groups for i in (group.teacher, *group.students)]
-    stack = grouped + [i for i in plan.supervised if i not in grouped]
+    grouped, stack = plan.grouped, plan.stack
     supervised = sorted(stack.index(i) for i in plan.supervised)  # stack positions of the supervised heads
     # per block: sum of log p at the label, sum of p, sum of p at the label per label class, label counts
     log_p_label = torch.zeros(batch, blocks, len(supervised), dtype=dtype, device=device)
