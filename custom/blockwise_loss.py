@@ -40,6 +40,7 @@ from typing import Any
 
 import torch
 
+from custom.native import NativeKernels, native_kernels
 from custom.networks import DeferredLogits, upsampling_steps
 
 __all__ = ["DiceCESettings", "KLGroup", "blockwise_head_terms"]
@@ -467,12 +468,28 @@ def _forward(
     kl_sums = torch.zeros(len(plan.groups), batch, blocks, dtype=dtype, device=device)
     # gradients of each group's KL per unit weight and per tau / V, known as soon as a block is done
     kl_grads = {i: heads[i].grads() for i in _kl_gradient_groups(plan)}
+    native = _native(dtype, device, labels, classes)
+    group_sizes = [1 + len(group.students) for group in plan.groups]
 
     for b in range(batch):
         for block in range(blocks):
             logits = scratch("logits", len(stack), classes)
             for p, i in enumerate(stack):
                 heads[i].logits(b, block, logits[p], scratch)
+            if native is not None:
+                kl_block = scratch("distillation gradients", len(grouped), classes) if grouped else None
+                outputs = (log_p_label[b, block], p_sums[b, block], intersections[b, block], label_counts[b, block])
+                native.block_forward(
+                    logits, labels[b, layout.block(block)], supervised, group_sizes, plan.tau,
+                    not plan.detach_teacher, kl_block, (*outputs, kl_sums[:, b, block]),
+                )  # fmt: skip
+                start = 0
+                for group, size in zip(plan.groups, group_sizes):
+                    teacher_grad = None if plan.detach_teacher else kl_block[start]
+                    student_grads = kl_block[start + 1 : start + size]
+                    _send_kl_gradients(heads, group, b, block, student_grads, teacher_grad, kl_grads, scratch)
+                    start += size
+                continue
             if supervised:
                 label = labels[b, layout.block(block)]
                 onehot = _onehot(label, class_index, scratch)
@@ -502,15 +519,12 @@ def _forward(
                 divergence = torch.sum(log_q_students, 0, out=scratch("divergence", classes))
                 divergence.sub_(log_q_teacher, alpha=students)
                 student_grads = log_q_students.exp_().sub_(q_teacher)  # q_s - q_t
-                for j, i in enumerate(group.students):
-                    heads[i].backward_block(b, block, student_grads[j], kl_grads[i], scratch)
                 per_class = divergence.mul_(q_teacher)  # -q_t * (n log q_t - sum_s log q_s)
                 kl_voxel = torch.sum(per_class, 0, keepdim=True, out=scratch("kl", 1))  # minus the voxel's KL sum
                 torch.sum(kl_voxel, (0, 1), out=kl_sums[g, b, block])
-                if not plan.detach_teacher:
-                    # q_t * (n log q_t - sum_s log q_s - kl), with its sign turned
-                    teacher_grad = per_class.addcmul_(q_teacher, kl_voxel, value=-1)
-                    heads[group.teacher].backward_block(b, block, teacher_grad, kl_grads[group.teacher], scratch, -1.0)
+                # q_t * (n log q_t - sum_s log q_s - kl), with its sign turned
+                teacher_grad = None if plan.detach_teacher else per_class.addcmul_(q_teacher, kl_voxel, value=-1)
+                _send_kl_gradients(heads, group, b, block, student_grads, teacher_grad, kl_grads, scratch)
                 start += 1 + students
 
     settings = plan.dice_ce
@@ -537,6 +551,37 @@ def _forward(
     ctx.dice_stats = (intersection, denominator, first)
     ctx.dtypes = [t.dtype for t in flat]
     return (deep_supervision.to(dtype), *(k.to(dtype) for k in kl_terms))
+
+
+def _native(dtype: torch.dtype, device: torch.device, labels: torch.Tensor, classes: int) -> NativeKernels | None:
+    """The fused block kernels where they can run, after checking that they will index within the classes.
+
+    Raises:
+        ValueError: a label is not a class index in ``[0, classes)``.
+    """
+    native = native_kernels(dtype, device)
+    if native is not None and labels.numel():
+        low, high = torch.aminmax(labels)
+        if low < 0 or high >= classes:
+            raise ValueError(f"DSD loss: labels must be class indices in [0, {classes}), got {int(low)} to {int(high)}.")
+    return native
+
+
+def _send_kl_gradients(
+    heads: Sequence[_Head],
+    group: KLGroup,
+    b: int,
+    block: int,
+    student_grads: torch.Tensor,
+    teacher_grad: torch.Tensor | None,
+    kl_grads: Mapping[int, _Grads],
+    scratch: _Scratch,
+) -> None:
+    """Pass one block's distillation gradients of a group to its heads; the teacher's comes with its sign turned."""
+    for j, i in enumerate(group.students):
+        heads[i].backward_block(b, block, student_grads[j], kl_grads[i], scratch)
+    if teacher_grad is not None:
+        heads[group.teacher].backward_block(b, block, teacher_grad, kl_grads[group.teacher], scratch, -1.0)
 
 
 def _kl_gradient_groups(plan: _Plan) -> dict[int, int]:
@@ -588,6 +633,7 @@ def _backward(ctx: Any, grad_terms: Sequence[torch.Tensor]) -> list[torch.Tensor
         for i in supervised:
             if grads[i] is None:
                 grads[i] = heads[i].grads()
+        native = native_kernels(dtype, device)
         for b in range(batch):
             a_b, c_b = coefficient_a[:, b].contiguous(), coefficient_c[:, b, None].contiguous()
             for block in range(layout.blocks):
@@ -595,6 +641,11 @@ def _backward(ctx: Any, grad_terms: Sequence[torch.Tensor]) -> list[torch.Tensor
                 for r, i in enumerate(supervised):
                     heads[i].logits(b, block, logits[r], scratch)
                 label = labels[b, layout.block(block)]
+                if native is not None:
+                    native.dice_gradient(logits, label, a_b, c_b, float(ce_scale))
+                    for r, i in enumerate(supervised):
+                        heads[i].backward_block(b, block, logits[r], grads[i], scratch)
+                    continue
                 p = torch.softmax(logits, 1, out=scratch("p", heads_count, classes))
                 # p * (a + c_ce - <a, p>) - c_ce * onehot, with a = A * onehot + C
                 p_label = torch.gather(p, 1, label.expand(heads_count, 1, -1), out=scratch("at label", heads_count, 1))

@@ -8,12 +8,22 @@ import torch
 import custom.blockwise_loss as blockwise_loss
 from custom.blockwise_loss import DiceCESettings, KLGroup, blockwise_head_terms
 from custom.losses import DSDLoss
+from custom.native import native_kernels
 from custom.networks import BottleneckHead, DeferredLogits
 from tests.helpers import deferred_heads, head_terms, leaves_of, tiny_unetr_dsd
 
 K = 3
 
 pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+@pytest.fixture(autouse=True, params=["native", "torch"])
+def block_kernels(request, monkeypatch):
+    """Every test runs through the fused CPU kernels and through the PyTorch operators that stand in without them."""
+    monkeypatch.setenv("DSD_NATIVE_LOSS", "1" if request.param == "native" else "0")
+    if request.param == "native" and native_kernels(torch.float64, torch.device("cpu")) is None:
+        pytest.skip("the native kernels do not build here (no C compiler)")
+    return request.param
 
 # UNETR's head scales: encoders shallow to deep, decoders deepest first
 ISOTROPIC = ((16, 16, 16), [1, 2, 4, 8], [2, 4, 8, 16])

@@ -1,0 +1,146 @@
+"""The blockwise loss's fused CPU kernels (``blockwise_kernels.c``), compiled with the host's C compiler on first use.
+
+Each process builds them once, for its own CPU (``-march=native``), in a temporary folder: about a second with gcc.
+Where no compiler is found, the build fails, or ``DSD_NATIVE_LOSS=0`` is set, :func:`native_kernels` returns
+``None`` and the blockwise loss runs its PyTorch operators instead, with the same results to rounding.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import shutil
+import subprocess
+import tempfile
+import warnings
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+__all__ = ["NativeKernels", "native_kernels"]
+
+SOURCE = Path(__file__).with_name("blockwise_kernels.c")
+#: Voxels per chunk: sums are kept per chunk and added in chunk order, so they do not depend on the thread count.
+CHUNK_VOXELS = 2048
+_SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
+_REAL = {torch.float32: ctypes.c_float, torch.float64: ctypes.c_double}
+
+
+class NativeKernels:
+    """The kernels of one floating-point type, called on contiguous CPU tensors."""
+
+    def __init__(self, library: ctypes.CDLL, dtype: torch.dtype) -> None:
+        self.dtype, self._real = dtype, _REAL[dtype]
+        self._forward = getattr(library, f"dsd_block_forward_{_SUFFIX[dtype]}")
+        self._dice_gradient = getattr(library, f"dsd_dice_gradient_{_SUFFIX[dtype]}")
+
+    def block_forward(
+        self,
+        logits: torch.Tensor,
+        labels: torch.Tensor,
+        supervised: list[int],
+        group_sizes: list[int],
+        tau: float,
+        teacher_grad: bool,
+        kl_grad: torch.Tensor | None,
+        outputs: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
+    ) -> None:
+        """Add one block's sums to ``outputs`` and write its distillation gradients to ``kl_grad``.
+
+        Args:
+            logits: ``(heads, classes, voxels)`` stacked logits of the block.
+            labels: ``(voxels,)`` int64 class indices, each in ``[0, classes)``.
+            supervised: stack positions of the deep-supervised heads.
+            group_sizes: teacher and students of each distillation group, stacked from position 0.
+            tau: distillation temperature.
+            teacher_grad: write the teachers' gradients too.
+            kl_grad: ``(sum(group_sizes), classes, voxels)``, or ``None`` without groups.
+            outputs: ``log_p_label (S,)``, ``p_sums (S, K)``, ``intersections (S, K)``, ``label_counts (K,)`` and
+                ``kl (G,)`` (any stride), in the kernels' dtype.
+
+        Raises:
+            MemoryError: the kernel could not allocate its scratch memory.
+        """
+        log_p_label, p_sums, intersections, label_counts, kl = outputs
+        for tensor in (logits, labels, log_p_label, p_sums, intersections, label_counts):
+            _check_contiguous(tensor)
+        status = self._forward(
+            _pointer(logits), _pointer(labels), ctypes.c_int64(logits.shape[2]), ctypes.c_int(logits.shape[1]),
+            ctypes.c_int(len(supervised)), (ctypes.c_int * max(1, len(supervised)))(*supervised),
+            ctypes.c_int(len(group_sizes)), (ctypes.c_int * max(1, len(group_sizes)))(*group_sizes),
+            self._real(tau), ctypes.c_int(int(teacher_grad)), None if kl_grad is None else _pointer(kl_grad),
+            _pointer(log_p_label), _pointer(p_sums), _pointer(intersections), _pointer(label_counts),
+            _pointer(kl), ctypes.c_int64(kl.stride(0)), ctypes.c_int64(CHUNK_VOXELS),
+            ctypes.c_int(torch.get_num_threads()),
+        )  # fmt: skip
+        if status:
+            raise MemoryError("DSD loss: the native block kernel could not allocate its scratch memory.")
+
+    def dice_gradient(
+        self,
+        logits: torch.Tensor,
+        labels: torch.Tensor,
+        coefficient_a: torch.Tensor,
+        coefficient_c: torch.Tensor,
+        ce_scale: float,
+    ) -> None:
+        """Overwrite ``(rows, classes, voxels)`` logits with the deep-supervision gradient of each row's head.
+
+        Raises:
+            MemoryError: the kernel could not allocate its scratch memory.
+        """
+        for tensor in (logits, labels, coefficient_a, coefficient_c):
+            _check_contiguous(tensor)
+        status = self._dice_gradient(
+            _pointer(logits), _pointer(labels), ctypes.c_int64(logits.shape[2]), ctypes.c_int(logits.shape[1]),
+            ctypes.c_int(logits.shape[0]), _pointer(coefficient_a), _pointer(coefficient_c), self._real(ce_scale),
+            ctypes.c_int64(CHUNK_VOXELS), ctypes.c_int(torch.get_num_threads()),
+        )  # fmt: skip
+        if status:
+            raise MemoryError("DSD loss: the native Dice gradient kernel could not allocate its scratch memory.")
+
+
+def _pointer(tensor: torch.Tensor) -> ctypes.c_void_p:
+    return ctypes.c_void_p(tensor.data_ptr())
+
+
+def _check_contiguous(tensor: torch.Tensor) -> None:
+    if not tensor.is_contiguous():
+        raise ValueError(f"DSD loss: the native kernels need contiguous tensors, got strides {tensor.stride()}.")
+
+
+def native_kernels(dtype: torch.dtype, device: torch.device) -> NativeKernels | None:
+    """The fused kernels for ``dtype`` on ``device``, or ``None`` where the PyTorch operators must do the work."""
+    if device.type != "cpu" or dtype not in _SUFFIX or os.environ.get("DSD_NATIVE_LOSS", "1") == "0":
+        return None
+    library = _library()
+    return None if library is None else NativeKernels(library, dtype)
+
+
+@lru_cache(maxsize=1)
+def _library() -> ctypes.CDLL | None:
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        warnings.warn("DSD loss: no C compiler found; the blockwise loss runs on PyTorch operators (slower).")
+        return None
+    # -ffast-math only when compiling: linked into a shared library it would switch the whole process to
+    # flushing denormals to zero.
+    flags = ["-O3", "-ffast-math", "-march=native", "-fopenmp", "-fPIC", "-c", str(SOURCE)]
+    with tempfile.TemporaryDirectory(prefix="dsd-native-") as folder:
+        objects = [f"{folder}/kernels_{name}.o" for name in ("f32", "f64")]
+        library = f"{folder}/dsd_blockwise.so"
+        commands = [
+            [compiler, *flags, "-DDSD_DOUBLE=0", "-o", objects[0]],
+            [compiler, *flags, "-DDSD_DOUBLE=1", "-o", objects[1]],
+            # libgomp resolves to the one PyTorch has loaded, so the kernels share its threads
+            [compiler, "-shared", "-fopenmp", *objects, "-o", library, "-lm"],
+        ]
+        try:
+            for command in commands:
+                subprocess.run(command, check=True, capture_output=True, text=True, timeout=120)
+            return ctypes.CDLL(library)
+        except (OSError, subprocess.SubprocessError) as error:
+            detail = getattr(error, "stderr", None) or error
+            warnings.warn(f"DSD loss: building {SOURCE.name} failed; the blockwise loss runs on PyTorch operators: {detail}")
+            return None

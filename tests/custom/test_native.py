@@ -1,0 +1,105 @@
+"""The blockwise loss's fused CPU kernels: the PyTorch operators' results, at any thread count, and a fallback."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import custom.blockwise_loss as blockwise_loss
+import custom.native as native
+from custom.blockwise_loss import DiceCESettings, KLGroup, blockwise_head_terms
+from custom.losses import DSDLoss
+from tests.helpers import deferred_heads, head_terms, leaves_of
+
+K = 4
+SPATIAL, ENCODER_SCALES, DECODER_SCALES = (16, 16, 16), [1, 2, 4, 8], [2, 4, 8, 16]
+
+
+@pytest.fixture
+def kernels_build():
+    if native.native_kernels(torch.float64, torch.device("cpu")) is None:
+        pytest.skip("the native kernels do not build here (no C compiler)")
+
+
+def _terms_and_grads(dtype: torch.dtype, **loss_kwargs) -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
+    encoders = deferred_heads(SPATIAL, ENCODER_SCALES, K, dtype=dtype)
+    decoders = deferred_heads(SPATIAL, DECODER_SCALES, K, dtype=dtype, seed=1)
+    target = torch.randint(0, K, (2, 1, *SPATIAL), generator=torch.Generator().manual_seed(2))
+    total, terms = head_terms(DSDLoss(**loss_kwargs), encoders, decoders, target, upsample=False)
+    leaves = leaves_of(encoders + decoders)
+    grads = torch.autograd.grad(total, leaves, allow_unused=True)
+    return {name: value.detach() for name, value in terms.items()}, list(grads)
+
+
+# one block per item of two chunks of the kernels, or 16 blocks of part of a chunk
+BLOCKS = {"chunks": 64 * 150_000, "blocks": 64 * 500}
+
+
+@pytest.mark.usefixtures("kernels_build")
+@pytest.mark.parametrize("block_elements", sorted(BLOCKS.values()), ids=sorted(BLOCKS, key=BLOCKS.get))
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float64, 1e-12), (torch.float32, 2e-5)])
+@pytest.mark.parametrize("loss_kwargs", [{}, {"detach_teacher": True, "tau": 2.0}, {"alpha1": 0.0}])
+def test_native_kernels_equal_the_pytorch_operators(dtype, tolerance, loss_kwargs, block_elements, monkeypatch):
+    monkeypatch.setitem(blockwise_loss.BLOCK_ELEMENTS, "cpu", block_elements)
+    results = {}
+    for setting in ("1", "0"):
+        monkeypatch.setenv("DSD_NATIVE_LOSS", setting)
+        results[setting] = _terms_and_grads(dtype, **loss_kwargs)
+    (terms, grads), (expected_terms, expected_grads) = results["1"], results["0"]
+    for name, value in expected_terms.items():
+        torch.testing.assert_close(terms[name], value, rtol=tolerance, atol=tolerance)
+    for grad, expected in zip(grads, expected_grads):
+        if expected is None:
+            assert grad is None or not grad.any()
+        else:
+            torch.testing.assert_close(grad, expected, rtol=tolerance, atol=tolerance * expected.abs().max())
+
+
+@pytest.mark.usefixtures("kernels_build")
+def test_native_results_do_not_depend_on_the_thread_count(monkeypatch):
+    assert SPATIAL[0] * SPATIAL[1] * SPATIAL[2] > native.CHUNK_VOXELS  # the threads share a block's chunks
+    threads = torch.get_num_threads()
+    runs = []
+    try:
+        for count in (1, 3):
+            torch.set_num_threads(count)
+            runs.append(_terms_and_grads(torch.float32))
+    finally:
+        torch.set_num_threads(threads)
+    (terms, grads), (terms_again, grads_again) = runs
+    assert all(torch.equal(terms[name], terms_again[name]) for name in terms)
+    assert all(a is None and b is None or torch.equal(a, b) for a, b in zip(grads, grads_again))
+
+
+@pytest.mark.usefixtures("kernels_build")
+def test_labels_outside_the_classes_are_refused_before_the_kernels_read_them():
+    heads = deferred_heads(SPATIAL, ENCODER_SCALES, K)
+    target = torch.randint(0, K, (2, 1, *SPATIAL))
+    target[1, 0, 3, 4, 5] = K
+    with pytest.raises(ValueError, match=rf"class indices in \[0, {K}\), got 0 to {K}"):
+        blockwise_head_terms(heads, target, [0], [KLGroup(3, (0, 1, 2))], 3.0, False, DiceCESettings())
+
+
+@pytest.mark.parametrize(
+    "env, expect_warning",
+    [({"DSD_NATIVE_LOSS": "0"}, None), ({"CC": "/nonexistent/cc"}, "building blockwise_kernels.c failed;")],
+)
+def test_without_the_kernels_the_loss_runs_on_pytorch_operators(env, expect_warning, monkeypatch):
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    native._library.cache_clear()
+    try:
+        if expect_warning:
+            with pytest.warns(UserWarning, match=expect_warning):
+                assert native.native_kernels(torch.float32, torch.device("cpu")) is None
+        else:
+            assert native.native_kernels(torch.float32, torch.device("cpu")) is None
+        terms, grads = _terms_and_grads(torch.float64)
+        assert torch.isfinite(terms["total"]) and all(g is None or torch.isfinite(g).all() for g in grads)
+    finally:
+        native._library.cache_clear()
+
+
+@pytest.mark.parametrize("device, dtype", [("cuda", torch.float32), ("cpu", torch.bfloat16), ("cpu", torch.float16)])
+def test_kernels_are_only_offered_for_cpu_float32_and_float64(device, dtype):
+    assert native.native_kernels(dtype, torch.device(device)) is None
