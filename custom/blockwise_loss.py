@@ -28,6 +28,11 @@ the block's one-hot labels, so no step waits for the device (no ``bincount``, ``
 bits on every run. Between the passes only the gradients with respect to each head's low-resolution
 input are kept; the backward pass makes the supervised heads' blocks once more rather than keeping
 their softmax.
+
+On the CPU, in float32 and float64, the softmaxes, sums and logit gradients of a block are made by the fused
+kernels of :mod:`custom.native` in one pass over the block's logits; the matmuls that make the logits and carry
+their gradients to the heads stay PyTorch's. Elsewhere, or where the kernels cannot be built, the same formulas
+run as PyTorch operators.
 """
 
 from __future__ import annotations

@@ -1,6 +1,9 @@
 """The blockwise loss's fused CPU kernels (``blockwise_kernels.c``), compiled with the host's C compiler on first use.
 
-Each process builds them once, for its own CPU (``-march=native``), in a temporary folder: about a second with gcc.
+They are built for the CPU at hand (``-march=native``), about a second with gcc, and kept in
+``$XDG_CACHE_HOME/monai-dsd`` (``~/.cache/monai-dsd``) under a digest of the source, the compiler and the CPU, so
+that later processes load them at once.
+
 Where no compiler is found, the build fails, or ``DSD_NATIVE_LOSS=0`` is set, :func:`native_kernels` returns
 ``None`` and the blockwise loss runs its PyTorch operators instead, with the same results to rounding.
 """
@@ -8,7 +11,10 @@ Where no compiler is found, the build fails, or ``DSD_NATIVE_LOSS=0`` is set, :f
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import os
+import platform
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -120,27 +126,64 @@ def native_kernels(dtype: torch.dtype, device: torch.device) -> NativeKernels | 
 
 @lru_cache(maxsize=1)
 def _library() -> ctypes.CDLL | None:
-    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-    if compiler is None:
+    compiler = shlex.split(os.environ.get("CC", "")) or [shutil.which("cc") or shutil.which("gcc")]
+    if compiler[0] is None:
         warnings.warn("DSD loss: no C compiler found; the blockwise loss runs on PyTorch operators (slower).")
         return None
-    # -ffast-math only when compiling: linked into a shared library it would switch the whole process to
-    # flushing denormals to zero.
+    # -ffast-math only when compiling: linked into a shared library, it would make the whole process flush
+    # denormals to zero.
     flags = ["-O3", "-ffast-math", "-march=native", "-fopenmp", "-fPIC", "-c", str(SOURCE)]
+    cached = _cache_dir() / f"dsd_blockwise-{_build_key(compiler, flags)}.so"
+    if cached.is_file():
+        try:
+            return ctypes.CDLL(str(cached))
+        except OSError:
+            pass  # a damaged file is built again below
     with tempfile.TemporaryDirectory(prefix="dsd-native-") as folder:
         objects = [f"{folder}/kernels_{name}.o" for name in ("f32", "f64")]
-        library = f"{folder}/dsd_blockwise.so"
+        library = Path(folder, "dsd_blockwise.so")
         commands = [
-            [compiler, *flags, "-DDSD_DOUBLE=0", "-o", objects[0]],
-            [compiler, *flags, "-DDSD_DOUBLE=1", "-o", objects[1]],
+            [*compiler, *flags, "-DDSD_DOUBLE=0", "-o", objects[0]],
+            [*compiler, *flags, "-DDSD_DOUBLE=1", "-o", objects[1]],
             # libgomp resolves to the one PyTorch has loaded, so the kernels share its threads
-            [compiler, "-shared", "-fopenmp", *objects, "-o", library, "-lm"],
+            [*compiler, "-shared", "-fopenmp", *objects, "-o", str(library), "-lm"],
         ]
         try:
             for command in commands:
                 subprocess.run(command, check=True, capture_output=True, text=True, timeout=120)
-            return ctypes.CDLL(library)
+            loaded = ctypes.CDLL(str(library))
         except (OSError, subprocess.SubprocessError) as error:
             detail = getattr(error, "stderr", None) or error
-            warnings.warn(f"DSD loss: building {SOURCE.name} failed; the blockwise loss runs on PyTorch operators: {detail}")
+            message = f"DSD loss: building {SOURCE.name} failed; the blockwise loss runs on PyTorch operators: {detail}"
+            warnings.warn(message)
             return None
+        try:  # renamed into place whole, so that a process starting beside this one never loads half a file
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            staged = cached.with_name(f"{cached.name}.{os.getpid()}")
+            shutil.copyfile(library, staged)
+            os.replace(staged, cached)
+        except OSError:
+            pass  # no cache: the next process builds its own
+        return loaded
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "monai-dsd"
+
+
+def _build_key(compiler: list[str], flags: list[str]) -> str:
+    """A digest of what the library depends on, the CPU included: ``-march=native`` builds for this CPU only."""
+    digest = hashlib.sha256(SOURCE.read_bytes())
+    resolved = shutil.which(compiler[0]) or compiler[0]
+    stat = os.stat(resolved) if os.path.exists(resolved) else None
+    digest.update(repr((compiler, resolved, stat and (stat.st_size, stat.st_mtime_ns), flags)).encode())
+    digest.update(_cpu_description().encode())
+    return digest.hexdigest()[:16]
+
+
+def _cpu_description() -> str:
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return platform.processor() or platform.machine()
+    return "\n".join(sorted({line for line in lines if line.startswith(("model name", "flags", "Features"))}))

@@ -82,7 +82,12 @@ def test_labels_outside_the_classes_are_refused_before_the_kernels_read_them():
 
 @pytest.mark.parametrize(
     "env, expect_warning",
-    [({"DSD_NATIVE_LOSS": "0"}, None), ({"CC": "/nonexistent/cc"}, "building blockwise_kernels.c failed;")],
+    [
+        ({"DSD_NATIVE_LOSS": "0"}, None),
+        ({"CC": "/nonexistent/cc"}, "building blockwise_kernels.c failed;"),
+        ({"CC": "", "PATH": ""}, "no C compiler found"),
+    ],
+    ids=["switched off", "build fails", "no compiler"],
 )
 def test_without_the_kernels_the_loss_runs_on_pytorch_operators(env, expect_warning, monkeypatch):
     for name, value in env.items():
@@ -103,3 +108,27 @@ def test_without_the_kernels_the_loss_runs_on_pytorch_operators(env, expect_warn
 @pytest.mark.parametrize("device, dtype", [("cuda", torch.float32), ("cpu", torch.bfloat16), ("cpu", torch.float16)])
 def test_kernels_are_only_offered_for_cpu_float32_and_float64(device, dtype):
     assert native.native_kernels(dtype, torch.device(device)) is None
+
+
+@pytest.mark.usefixtures("kernels_build")
+def test_loading_the_kernels_keeps_denormal_numbers():
+    # a library linked with -ffast-math would switch the process to flushing denormals to zero
+    assert float(torch.tensor([1e-40]) * 1.5) > 0
+
+
+@pytest.mark.usefixtures("kernels_build")
+def test_a_built_library_is_kept_and_loaded_without_the_compiler(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    native._library.cache_clear()
+    try:
+        assert native._library() is not None
+        assert len(list((tmp_path / "monai-dsd").glob("dsd_blockwise-*.so"))) == 1
+        native._library.cache_clear()
+
+        def no_compiler(*args, **kwargs):
+            raise AssertionError("the kept library should have been loaded")
+
+        monkeypatch.setattr(native.subprocess, "run", no_compiler)
+        assert native.native_kernels(torch.float64, torch.device("cpu")) is not None
+    finally:
+        native._library.cache_clear()

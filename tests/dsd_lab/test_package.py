@@ -50,7 +50,8 @@ def test_package_holds_the_bundle_and_the_custom_code_it_needs(bundle, tmp_path)
     expected = {f"{bundle.name}/configs/{p.name}" for p in (bundle / "configs").iterdir()}
     expected |= {f"{bundle.name}/LICENSE", f"{bundle.name}/docs/README.md"}
     assert expected <= names
-    runtime = {f"{bundle.name}/custom/{p.relative_to(RUNTIME).as_posix()}" for p in RUNTIME.rglob("*.py")}
+    sources_of_runtime = [*RUNTIME.rglob("*.py"), *RUNTIME.rglob("*.c")]  # the C file: the loss's CPU kernels
+    runtime = {f"{bundle.name}/custom/{p.relative_to(RUNTIME).as_posix()}" for p in sources_of_runtime}
     assert {name for name in names if "/custom/" in name} == runtime  # the runtime whole, and nothing else of ours
     assert not any("dsd_lab" in name for name in names)
     assert not any(part in ("models", "eval") for name in names for part in name.split("/")[1:2])
