@@ -57,6 +57,10 @@ def quiet_known_warnings() -> None:
         warnings.filterwarnings("ignore", message=message, category=category, module=module)
 
 
+#: Asks for a command's help wherever it stands on the command line.
+HELP_FLAGS = ("--help", "-h")
+
+
 def console_arguments(argv: Sequence[str] | None) -> list[str]:
     """A command's arguments without ``--verbose``, the console set up as they ask.
 
@@ -72,6 +76,18 @@ def console_arguments(argv: Sequence[str] | None) -> list[str]:
     if not verbose():
         quiet_known_warnings()
     return [arg for arg in args if arg != VERBOSE_FLAG]
+
+
+def help_arguments(args: Sequence[str], subcommands: Sequence[str] = ()) -> list[str]:
+    """``args`` as fire reads a request for help: only the sub-command, if any, then ``-- --help``.
+
+    Fire hands ``--help`` to a command that takes ``**kwargs`` as one more option and runs the command; after ``--``
+    it always shows the help, but only once the command has run with the other arguments, so those are dropped.
+    """
+    if "--" in args or not any(arg in HELP_FLAGS for arg in args):
+        return list(args)
+    subcommand = list(args[:1]) if args and args[0] in subcommands else []
+    return [*subcommand, "--", "--help"]
 
 
 def run_command(component: Callable[..., Any] | dict[str, Callable[..., Any]], argv: Sequence[str] | None = None,
@@ -90,7 +106,9 @@ def run_command(component: Callable[..., Any] | dict[str, Callable[..., Any]], a
         SystemExit: code 1 when the command fails (see :func:`exit_failed`); fire's own code for a wrong command line.
     """
     try:
-        fire.Fire(component, command=console_arguments(argv), name=name, serialize=lambda _: None)
+        subcommands = list(component) if isinstance(component, dict) else []
+        command = help_arguments(console_arguments(argv), subcommands)
+        fire.Fire(component, command=command, name=name, serialize=lambda _: None)
     except Exception as error:
         exit_failed(error)
 

@@ -92,3 +92,25 @@ def test_a_failed_command_ends_with_what_is_wrong_and_exit_code_1(capsys, comman
     assert exited.value.code == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert "Traceback (most recent call last):" in err and err[-1] == last_line
+
+
+@pytest.mark.parametrize(
+    "args, subcommands, expected",
+    [
+        (["--size", "96", "--help"], [], ["--", "--help"]),
+        (["-h"], [], ["--", "--help"]),
+        (["mmwhs", "out", "--help"], ["mmwhs", "brats"], ["mmwhs", "--", "--help"]),
+        (["--size", "96"], [], ["--size", "96"]),
+        (["--", "--help"], [], ["--", "--help"]),
+    ],
+)
+def test_help_is_asked_of_fire_without_running_the_command(args, subcommands, expected):
+    assert cli.help_arguments(args, subcommands) == expected
+
+
+def test_bench_help_prints_its_options_instead_of_failing():
+    from tests.helpers import run_console
+
+    result = run_console("dsd-bench", "--size", "96", "--help")
+    shown = result.stdout + result.stderr  # fire writes its help to stderr without a terminal
+    assert "--repeat" in shown and "Traceback" not in shown
