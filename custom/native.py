@@ -27,6 +27,8 @@ import torch
 __all__ = ["NativeKernels", "native_kernels"]
 
 SOURCE = Path(__file__).with_name("blockwise_kernels.c")
+#: Environment variable that turns the kernels off when set to ``0``.
+SWITCH = "DSD_NATIVE_LOSS"
 #: Voxels per chunk: sums are kept per chunk and added in chunk order, so they do not depend on the thread count.
 CHUNK_VOXELS = 2048
 _SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
@@ -118,7 +120,7 @@ def _check_contiguous(tensor: torch.Tensor) -> None:
 
 def native_kernels(dtype: torch.dtype, device: torch.device) -> NativeKernels | None:
     """The fused kernels for ``dtype`` on ``device``, or ``None`` where the PyTorch operators must do the work."""
-    if device.type != "cpu" or dtype not in _SUFFIX or os.environ.get("DSD_NATIVE_LOSS", "1") == "0":
+    if device.type != "cpu" or dtype not in _SUFFIX or os.environ.get(SWITCH, "1") == "0":
         return None
     library = _library()
     return None if library is None else NativeKernels(library, dtype)

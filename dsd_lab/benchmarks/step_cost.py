@@ -50,7 +50,7 @@ from custom.flags import as_flag
 from custom.losses import DSDLoss
 from custom.networks import DSDNet
 from dsd_lab.benchmarks.host import host_facts
-from dsd_lab.benchmarks.traffic import GPUS, blocks_as_on, count_step, gpu_step_seconds, host_ratio
+from dsd_lab.benchmarks.traffic import GPUS, blockwise_loss_as_on, count_step, gpu_step_seconds, host_ratio
 from dsd_lab.cli import run_command
 
 __all__ = [
@@ -319,15 +319,16 @@ def measure_run(setup: Setup, device: torch.device, steps: int) -> dict[str, Any
 def traffic_model(setup: Setup) -> dict[str, dict[str, int]]:
     """Bytes, FLOPs and operators of one Basic and one DSD step, counted on this machine's CPU.
 
-    ``host_*`` as the step runs here (no autocast, the CPU's blocks), ``gpu_*`` as it runs on a GPU
-    (bfloat16 autocast, the GPU's blocks, the optimiser's one kernel per operation for all parameters).
+    ``host_*`` as the step runs here (no autocast, the CPU's blocks and fused kernels), ``gpu_*`` as it runs on a GPU
+    (bfloat16 autocast, the GPU's blocks, the loss as PyTorch operators, the optimiser's one kernel per operation
+    for all parameters).
     """
     cpu = torch.device("cpu")
     counts = {}
     for variant in ("basic", "dsd"):
         counts[f"host_{variant}"] = count_step(TrainingStep(variant, replace(setup, amp_dtype=None), cpu).run_step)
         gpu_step = TrainingStep(variant, replace(setup, amp_dtype="bfloat16"), cpu, foreach=True)
-        with blocks_as_on("cuda"):
+        with blockwise_loss_as_on("cuda"):
             counts[f"gpu_{variant}"] = count_step(gpu_step.run_step)
     return counts
 

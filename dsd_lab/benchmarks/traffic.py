@@ -3,7 +3,9 @@
 Every operator that PyTorch dispatches during one training step is seen by :class:`TrafficCounter`
 (a :class:`~torch.utils._python_dispatch.TorchDispatchMode`), which adds up what it reads and writes
 (views are free; a gather reads what it writes), its FLOPs (PyTorch's own formulas for convolutions
-and matmuls) and one for the operator itself. The cost of DSD is then DSD's step minus Basic's.
+and matmuls) and one for the operator itself. The blockwise loss's fused CPU kernels, which the dispatcher does not
+see, count as one operator each that reads and writes its tensors once. The cost of DSD is then DSD's step minus
+Basic's.
 
 Two predictions are made from these counts:
 
@@ -22,6 +24,7 @@ Two predictions are made from these counts:
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -33,6 +36,7 @@ from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import flop_registry
 
 import custom.blockwise_loss as blockwise_loss
+import custom.native as native
 
 __all__ = ["GPUS", "Gpu", "Traffic", "TrafficCounter", "gpu_step_seconds", "host_ratio"]
 
@@ -144,20 +148,53 @@ class TrafficCounter(TorchDispatchMode):
 
 
 @contextmanager
-def blocks_as_on(device_type: str) -> Iterator[None]:
-    """Let the blockwise loss on this machine cut its blocks as it does on ``device_type``."""
-    saved = blockwise_loss.BLOCK_ELEMENTS["cpu"]
+def blockwise_loss_as_on(device_type: str) -> Iterator[None]:
+    """Let the blockwise loss on this machine run as it does on ``device_type``: its blocks cut as there, and off
+    the CPU without the fused CPU kernels, which a GPU never runs."""
+    saved = blockwise_loss.BLOCK_ELEMENTS["cpu"], os.environ.get(native.SWITCH)
     blockwise_loss.BLOCK_ELEMENTS["cpu"] = blockwise_loss.BLOCK_ELEMENTS[device_type]
+    if device_type != "cpu":
+        os.environ[native.SWITCH] = "0"
     try:
         yield
     finally:
-        blockwise_loss.BLOCK_ELEMENTS["cpu"] = saved
+        blockwise_loss.BLOCK_ELEMENTS["cpu"] = saved[0]
+        if saved[1] is None:
+            os.environ.pop(native.SWITCH, None)
+        else:
+            os.environ[native.SWITCH] = saved[1]
+
+
+@contextmanager
+def _native_kernels_counted(traffic: Traffic) -> Iterator[None]:
+    """Count each call of the fused CPU kernels, which PyTorch's dispatcher does not see, as one operator that reads
+    and writes its tensors once: the forward kernel reads the logits and labels and writes the distillation
+    gradients, the Dice gradient kernel overwrites the logits it reads."""
+    forward, dice_gradient = native.NativeKernels.block_forward, native.NativeKernels.dice_gradient
+
+    def counted_forward(self: native.NativeKernels, logits: torch.Tensor, labels: torch.Tensor, *args: Any) -> None:
+        kl_grad = args[4]
+        written = 0 if kl_grad is None else _distinct_bytes(kl_grad)
+        traffic.operators.append((0, _distinct_bytes(logits) + _distinct_bytes(labels) + written))
+        forward(self, logits, labels, *args)
+
+    def counted_dice_gradient(
+        self: native.NativeKernels, logits: torch.Tensor, labels: torch.Tensor, *args: Any
+    ) -> None:
+        traffic.operators.append((0, 2 * _distinct_bytes(logits) + _distinct_bytes(labels)))
+        dice_gradient(self, logits, labels, *args)
+
+    native.NativeKernels.block_forward, native.NativeKernels.dice_gradient = counted_forward, counted_dice_gradient
+    try:
+        yield
+    finally:
+        native.NativeKernels.block_forward, native.NativeKernels.dice_gradient = forward, dice_gradient
 
 
 def count_step(step: Callable[[], Any]) -> Traffic:
     """The traffic of the second call of ``step``, a training step: the first makes the optimiser's state."""
     step()
-    with TrafficCounter() as counter:
+    with TrafficCounter() as counter, _native_kernels_counted(counter.traffic):
         step()
     return counter.traffic
 

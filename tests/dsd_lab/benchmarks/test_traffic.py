@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
+import custom.native as native
+from dsd_lab.benchmarks import traffic as traffic_model
 from dsd_lab.benchmarks.traffic import Gpu, Traffic, TrafficCounter, gpu_step_seconds, host_ratio
 
 N = 1000
@@ -54,3 +58,30 @@ def test_predicted_ratios():
     gpu = Gpu("test", bandwidth=100.0, bf16_flops=1000.0, launch_s=0.1)
     # each operator takes the longest of its compute, its memory traffic and one launch
     assert gpu_step_seconds(Traffic([(5000, 100), (10, 300), (1, 1)]), gpu) == pytest.approx(5.0 + 3.0 + 0.1)
+
+
+def test_fused_kernel_calls_count_as_one_operator_each_with_their_tensors():
+    kernels = native.native_kernels(torch.float32, torch.device("cpu"))
+    if kernels is None:
+        pytest.skip("the native kernels do not build here (no C compiler)")
+    heads, classes, voxels = 3, 4, 300
+    logits, labels = torch.randn(heads, classes, voxels), torch.randint(0, classes, (voxels,))
+    kl_grad = torch.empty(2, classes, voxels)
+    outputs = (torch.zeros(1), torch.zeros(1, classes), torch.zeros(1, classes), torch.zeros(classes), torch.zeros(1))
+    coefficients = torch.zeros(heads, classes)
+    with TrafficCounter() as counter, traffic_model._native_kernels_counted(counter.traffic):
+        kernels.block_forward(logits, labels, [2], [2], 3.0, True, kl_grad, outputs)
+        kernels.dice_gradient(logits, labels, coefficients, coefficients, 0.1)
+    logit_bytes, label_bytes = heads * classes * voxels * FLOAT, voxels * 8
+    assert counter.traffic.operators == [
+        (0, logit_bytes + label_bytes + 2 * classes * voxels * FLOAT),
+        (0, 2 * logit_bytes + label_bytes),
+    ]
+    assert native.NativeKernels.block_forward.__name__ == "block_forward"  # the counting is undone
+
+
+def test_the_gpu_count_runs_the_loss_without_the_cpu_kernels(monkeypatch):
+    monkeypatch.delenv(native.SWITCH, raising=False)
+    with traffic_model.blockwise_loss_as_on("cuda"):
+        assert native.native_kernels(torch.float32, torch.device("cpu")) is None
+    assert native.SWITCH not in os.environ
