@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 
@@ -47,12 +49,20 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("block_elements", [64 * 150_000, 64])
-@pytest.mark.parametrize("geometry", [ISOTROPIC, ANISOTROPIC], ids=["isotropic", "anisotropic"])
-@pytest.mark.parametrize("case", sorted(CASES))
-def test_blockwise_terms_and_gradients_equal_eq4(case, geometry, block_elements, monkeypatch):
-    monkeypatch.setitem(blockwise_loss.BLOCK_ELEMENTS, "cpu", block_elements)
-    spatial, encoder_scales, decoder_scales = geometry
+GEOMETRIES = {"isotropic": ISOTROPIC, "anisotropic": ANISOTROPIC}
+# logits per block: one block per item; 64 voxels of 8 heads x 3 classes, more blocks than the coarser heads have
+# kernel positions; 64 logits, one voxel a block, every head gathered (slow: only for one case)
+BLOCK_SIZES = {"one_block": 64 * 150_000, "64_voxels": 64 * 8 * K, "one_voxel": 64}
+EQ4_SETTINGS = [
+    *itertools.product(sorted(CASES), GEOMETRIES, ("one_block", "64_voxels")),
+    *[("dsd", geometry, "one_voxel") for geometry in GEOMETRIES],
+]
+
+
+@pytest.mark.parametrize("case, geometry, block_size", EQ4_SETTINGS, ids=["-".join(s) for s in EQ4_SETTINGS])
+def test_blockwise_terms_and_gradients_equal_eq4(case, geometry, block_size, monkeypatch):
+    monkeypatch.setitem(blockwise_loss.BLOCK_ELEMENTS, "cpu", BLOCK_SIZES[block_size])
+    spatial, encoder_scales, decoder_scales = GEOMETRIES[geometry]
     encoders, decoders = deferred_heads(spatial, encoder_scales, K), deferred_heads(spatial, decoder_scales, K, seed=1)
     target = torch.randint(0, K, (2, 1, *spatial), generator=torch.Generator().manual_seed(2))
     weights = {"eta": 0.7, "alpha1": 0.5, "alpha2": 0.3, "tau": 3.0}
@@ -220,7 +230,7 @@ def test_a_head_in_two_groups_is_refused():
 
 
 def test_identical_twice_with_deterministic_algorithms(monkeypatch):
-    monkeypatch.setitem(blockwise_loss.BLOCK_ELEMENTS, "cpu", 64)  # a gathered head and many blocks
+    monkeypatch.setitem(blockwise_loss.BLOCK_ELEMENTS, "cpu", BLOCK_SIZES["64_voxels"])  # gathered heads, many blocks
     spatial, encoder_scales, decoder_scales = ISOTROPIC
     target = torch.randint(0, K, (2, 1, *spatial))
     previous = torch.are_deterministic_algorithms_enabled()
