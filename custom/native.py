@@ -134,7 +134,7 @@ def _library() -> ctypes.CDLL | None:
         return None
     # -ffast-math only when compiling: linked into a shared library, it would make the whole process flush
     # denormals to zero.
-    flags = ["-O3", "-ffast-math", "-march=native", "-fopenmp", "-fPIC", "-c", str(SOURCE)]
+    flags = ["-O3", "-ffast-math", "-march=native", "-fopenmp", "-fPIC", "-c"]
     cached = _cache_dir() / f"dsd_blockwise-{_build_key(compiler, flags)}.so"
     if cached.is_file():
         try:
@@ -145,8 +145,8 @@ def _library() -> ctypes.CDLL | None:
         objects = [f"{folder}/kernels_{name}.o" for name in ("f32", "f64")]
         library = Path(folder, "dsd_blockwise.so")
         commands = [
-            [*compiler, *flags, "-DDSD_DOUBLE=0", "-o", objects[0]],
-            [*compiler, *flags, "-DDSD_DOUBLE=1", "-o", objects[1]],
+            [*compiler, *flags, str(SOURCE), "-DDSD_DOUBLE=0", "-o", objects[0]],
+            [*compiler, *flags, str(SOURCE), "-DDSD_DOUBLE=1", "-o", objects[1]],
             # libgomp resolves to the one PyTorch has loaded, so the kernels share its threads
             [*compiler, "-shared", "-fopenmp", *objects, "-o", str(library), "-lm"],
         ]
