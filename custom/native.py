@@ -1,6 +1,6 @@
 """The blockwise loss's fused CPU kernels (``blockwise_kernels.c``), compiled with the host's C compiler on first use.
 
-They are built for the CPU at hand (``-march=native``), about a second with gcc, and kept in
+They are built for the CPU at hand (``-march=native``), 1-3 s with gcc, and kept in
 ``$XDG_CACHE_HOME/monai-dsd`` (``~/.cache/monai-dsd``) under a digest of the source, the compiler and the CPU, so
 that later processes load them at once.
 
