@@ -2,12 +2,35 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 import torch
 
 from dsd_lab.data.synthetic_mmwhs import make_mmwhs
+
+#: Most pytest-xdist workers that ``-n auto`` starts: each loads torch and MONAI (about 1 GB) and spawns bundle
+#: commands of its own, so beyond a few workers memory, not cores, runs out first.
+MAX_WORKERS = 8
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """``-n auto``: one worker per core, at most :data:`MAX_WORKERS`."""
+    return max(1, min(MAX_WORKERS, os.cpu_count() or 1))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Split the cores between pytest-xdist workers, for their own tensors and for the commands they spawn.
+
+    Each worker would otherwise start as many intra-op threads as the host has cores, and OpenMP threads
+    that outnumber the cores wait on one another.
+    """
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG_FILES = sorted(ROOT.glob("bundles/*/configs/*.json"))
@@ -31,6 +33,16 @@ def test_readme_opens_with_demo_and_test_commands():
 def test_ci_runs_the_readme_test_command():
     ci_lines = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
     assert readme_commands()[1] in ci_lines
+
+
+def test_parallel_test_workers_share_the_cores_between_them():
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers == 1:
+        pytest.skip("the suite runs in one process (-n 0)")
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    # the commands a test spawns read OMP_NUM_THREADS; the worker's own tensors use torch's setting
+    assert os.environ["OMP_NUM_THREADS"] == str(threads)
+    assert torch.get_num_threads() == threads
 
 
 def test_torch_requirement_is_bounded():
