@@ -15,9 +15,19 @@ from dsd_lab.data.synthetic_mmwhs import make_mmwhs
 MAX_WORKERS = 8
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (a container's or ``taskset``'s share, not the host's count)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def threads_per_worker() -> int:
+    """Intra-op threads of each pytest-xdist worker: the usable cores split between the workers."""
+    return max(1, usable_cores() // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+
+
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
     """``-n auto``: one worker per core, at most :data:`MAX_WORKERS`."""
-    return max(1, min(MAX_WORKERS, os.cpu_count() or 1))
+    return max(1, min(MAX_WORKERS, usable_cores()))
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -26,11 +36,9 @@ def pytest_configure(config: pytest.Config) -> None:
     Each worker would otherwise start as many intra-op threads as the host has cores, and OpenMP threads
     that outnumber the cores wait on one another.
     """
-    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-    if workers > 1:
-        threads = max(1, (os.cpu_count() or 1) // workers)
-        os.environ["OMP_NUM_THREADS"] = str(threads)
-        torch.set_num_threads(threads)
+    if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+        os.environ["OMP_NUM_THREADS"] = str(threads_per_worker())
+        torch.set_num_threads(threads_per_worker())
 
 
 @pytest.fixture(scope="module")

@@ -36,10 +36,11 @@ def test_ci_runs_the_readme_test_command():
 
 
 def test_parallel_test_workers_share_the_cores_between_them():
-    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-    if workers == 1:
+    from tests.conftest import threads_per_worker
+
+    if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) == 1:
         pytest.skip("the suite runs in one process (-n 0)")
-    threads = max(1, (os.cpu_count() or 1) // workers)
+    threads = threads_per_worker()
     # the commands a test spawns read OMP_NUM_THREADS; the worker's own tensors use torch's setting
     assert os.environ["OMP_NUM_THREADS"] == str(threads)
     assert torch.get_num_threads() == threads
