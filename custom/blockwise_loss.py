@@ -45,7 +45,7 @@ from typing import Any
 
 import torch
 
-from custom.native import NativeKernels, native_kernels
+from custom.native import NativeKernels, native_kernels, sorted_columns
 from custom.networks import DeferredLogits, upsampling_steps
 
 __all__ = ["DiceCESettings", "KLGroup", "blockwise_head_terms"]
@@ -224,6 +224,15 @@ def _digit_index(
         return order, torch.empty_like(order).scatter_(0, order, natural)
 
 
+@lru_cache(maxsize=64)
+def _sorted_block(
+    levels: tuple[tuple[int, ...], ...], coarse: tuple[int, ...], device: torch.device, start: int, stop: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`~custom.native.sorted_columns` of the voxels ``start:stop`` of :func:`_digit_index`'s order."""
+    with torch.inference_mode(False), torch.no_grad():
+        return sorted_columns(_digit_index(levels, coarse, device)[0][start:stop])
+
+
 def _reorder(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """``(B, C, voxels)`` with the voxels taken in the order of ``index``."""
     # a 2-d index_select takes a fast path that the 3-d one along its last dimension does not
@@ -290,9 +299,11 @@ class _Head:
         kernel_grad: bool,
         layout: _Layout,
         dtype: torch.dtype,
+        native: NativeKernels | None,
     ) -> None:
         low_res, weight, bias = tensors
         self.index, self.plain, self.kernel_grad, self.layout, self.dtype = index, plain, kernel_grad, layout, dtype
+        self.native = native
         self.shape = low_res.shape
         self.in_channels, self.classes, self.scale = weight.shape[0], weight.shape[1], tuple(weight.shape[2:])
         sub_positions = math.prod(self.scale)
@@ -333,18 +344,27 @@ class _Head:
         """The slot of kernel sub-positions and the low-res voxels that make one block."""
         return block // self.per_sub_position, self.layout.block(block % self.per_sub_position)
 
+    def _gather(self, b: int, voxels: slice, out: torch.Tensor) -> None:
+        """Copy the block ``voxels`` of item ``b``'s low-res input, read in its own order, to ``out``."""
+        if self.native is None:
+            torch.index_select(self.low[b], 1, self.order[voxels], out=out)
+        else:
+            self.native.gather_columns(self.low[b], out, self._columns(voxels))
+
+    def _columns(self, voxels: slice) -> tuple[torch.Tensor, torch.Tensor]:
+        return _sorted_block(self.low_levels, self.layout.coarse, self.order.device, voxels.start, voxels.stop)
+
     def _low_block(self, b: int, voxels: slice, scratch: _Scratch) -> torch.Tensor:
         """``(K_in + 1, n)`` low-res input of a block with its row of ones, gathered for a head read in slices."""
         if not self.gathered:
             return self.low[b][:, voxels]
         key = (b, voxels.start)
         if self._gathered_block is None or self._gathered_block[0] != key:
-            index = self.order[voxels]
             out = scratch(f"input of head {self.index}", self.in_channels, ones_row=True)
             if self.low.dtype == self.dtype:
-                torch.index_select(self.low[b], 1, index, out=out[:-1])
+                self._gather(b, voxels, out[:-1])
             else:  # half precision under autocast: the block is computed in float32
-                out[:-1].copy_(self.low[b].index_select(1, index))
+                out[:-1].copy_(self.low[b].index_select(1, self.order[voxels]))
             self._gathered_block = (key, out)
         return self._gathered_block[1]
 
@@ -353,7 +373,7 @@ class _Head:
         slot, voxels = self._select(block)
         if self.plain:
             if self.gathered:
-                torch.index_select(self.low[b], 1, self.order[voxels], out=out)
+                self._gather(b, voxels, out)
             else:
                 out.copy_(self.low[b][:, voxels])
             return
@@ -381,10 +401,14 @@ class _Head:
             torch.mul(grad, alpha, out=out)
         else:
             torch.addmm(out, self.rows[slot, :, :-1].t(), grad, beta=0, alpha=alpha, out=out)
-        index, key = self.order[voxels], (b, voxels.start)
-        if key in grads.written:
-            out.add_(grads.low[b].index_select(1, index))
-        grads.low[b].index_copy_(1, index, out)
+        key = (b, voxels.start)
+        if self.native is not None:
+            self.native.scatter_columns(grads.low[b], out, self._columns(voxels), add=key in grads.written)
+        else:
+            index = self.order[voxels]
+            if key in grads.written:
+                out.add_(grads.low[b].index_select(1, index))
+            grads.low[b].index_copy_(1, index, out)
         grads.written.add(key)
 
     def input_grads(self, grads: _Grads, dtypes: Sequence[torch.dtype]) -> list[torch.Tensor | None]:
@@ -452,14 +476,15 @@ def _forward(
 ) -> tuple[torch.Tensor, ...]:
     dtype = reduce(torch.promote_types, [t.dtype for t in flat[::3]], torch.float32)  # half precision in float32
     kernel_grads = [ctx.needs_input_grad[4 + i] or ctx.needs_input_grad[5 + i] for i in range(0, len(flat), 3)]
-    heads = [
-        _Head(n, flat[3 * n : 3 * n + 3], plan.plain[n], kernel_grad, layout, dtype)
-        for n, kernel_grad in enumerate(kernel_grads)
-    ]
-    batch, classes, device = target.shape[0], heads[0].classes, target.device
+    batch, classes, device = target.shape[0], flat[1].shape[1], target.device
     blocks, n = layout.blocks, layout.block_voxels
     order, _ = _digit_index(layout.levels, layout.coarse, device)
     labels = _reorder(target.reshape(batch, 1, -1), order).view(batch, -1).long()  # (B, voxels) in the heads' order
+    native = _native(dtype, device, labels, classes)
+    heads = [
+        _Head(n, flat[3 * n : 3 * n + 3], plan.plain[n], kernel_grad, layout, dtype, native)
+        for n, kernel_grad in enumerate(kernel_grads)
+    ]
     scratch = _Scratch(n, dtype, device)
     class_index = torch.arange(classes, device=device)[:, None]
 
@@ -473,7 +498,6 @@ def _forward(
     kl_sums = torch.zeros(len(plan.groups), batch, blocks, dtype=dtype, device=device)
     # gradients of each group's KL per unit weight and per tau / V, known as soon as a block is done
     kl_grads = {i: heads[i].grads() for i in _kl_gradient_groups(plan)}
-    native = _native(dtype, device, labels, classes)
     group_sizes = [1 + len(group.students) for group in plan.groups]
 
     for b in range(batch):

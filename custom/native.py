@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["NativeKernels", "native_kernels"]
+__all__ = ["NativeKernels", "native_kernels", "sorted_columns"]
 
 SOURCE = Path(__file__).with_name("blockwise_kernels.c")
 #: Environment variable that turns the kernels off when set to ``0``.
@@ -42,6 +42,8 @@ class NativeKernels:
         self.dtype, self._real = dtype, _REAL[dtype]
         self._forward = getattr(library, f"dsd_block_forward_{_SUFFIX[dtype]}")
         self._dice_gradient = getattr(library, f"dsd_dice_gradient_{_SUFFIX[dtype]}")
+        self._gather_columns = getattr(library, f"dsd_gather_columns_{_SUFFIX[dtype]}")
+        self._scatter_columns = getattr(library, f"dsd_scatter_columns_{_SUFFIX[dtype]}")
 
     def block_forward(
         self,
@@ -109,6 +111,46 @@ class NativeKernels:
             raise MemoryError("DSD loss: the native Dice gradient kernel could not allocate its scratch memory.")
 
 
+    def gather_columns(
+        self, source: torch.Tensor, out: torch.Tensor, columns: tuple[torch.Tensor, torch.Tensor]
+    ) -> None:
+        """``out[:, position] = source[:, natural]`` for ``columns = (natural, position)``, ``natural`` increasing.
+
+        Args:
+            source: ``(channels, voxels)`` with contiguous rows.
+            out: contiguous ``(channels, n)``.
+            columns: two int64 ``(n,)`` indices, as :func:`sorted_columns` makes them.
+        """
+        natural, position = columns
+        for tensor in (out, natural, position):
+            _check_contiguous(tensor)
+        _check_rows(source)
+        self._gather_columns(
+            _pointer(source), ctypes.c_int64(source.stride(0)), _pointer(out), ctypes.c_int64(out.shape[1]),
+            ctypes.c_int(out.shape[0]), _pointer(natural), _pointer(position), ctypes.c_int(torch.get_num_threads()),
+        )  # fmt: skip
+
+    def scatter_columns(
+        self, target: torch.Tensor, block: torch.Tensor, columns: tuple[torch.Tensor, torch.Tensor], add: bool
+    ) -> None:
+        """``target[:, natural] = block[:, position]``, or ``+=`` with ``add``: the inverse of :meth:`gather_columns`."""
+        natural, position = columns
+        for tensor in (block, natural, position):
+            _check_contiguous(tensor)
+        _check_rows(target)
+        self._scatter_columns(
+            _pointer(target), ctypes.c_int64(target.stride(0)), _pointer(block), ctypes.c_int64(block.shape[1]),
+            ctypes.c_int(block.shape[0]), _pointer(natural), _pointer(position), ctypes.c_int(int(add)),
+            ctypes.c_int(torch.get_num_threads()),
+        )  # fmt: skip
+
+
+def sorted_columns(index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(natural, position)``: the voxels of ``index`` in increasing order, and where each sits in ``index``."""
+    natural, position = torch.sort(index)
+    return natural.contiguous(), position.contiguous()
+
+
 def _pointer(tensor: torch.Tensor) -> ctypes.c_void_p:
     return ctypes.c_void_p(tensor.data_ptr())
 
@@ -116,6 +158,11 @@ def _pointer(tensor: torch.Tensor) -> ctypes.c_void_p:
 def _check_contiguous(tensor: torch.Tensor) -> None:
     if not tensor.is_contiguous():
         raise ValueError(f"DSD loss: the native kernels need contiguous tensors, got strides {tensor.stride()}.")
+
+
+def _check_rows(tensor: torch.Tensor) -> None:
+    if tensor.dim() != 2 or tensor.stride(1) != 1:
+        raise ValueError(f"DSD loss: the native kernels need 2-d tensors with contiguous rows, got {tensor.stride()}.")
 
 
 def native_kernels(dtype: torch.dtype, device: torch.device) -> NativeKernels | None:
