@@ -29,6 +29,8 @@ def test_bench_prints_and_writes_every_figure(tmp_path, capsys, monkeypatch):
         assert f"{key}:" in printed
     for variant in ("basic", "ds", "dsd"):
         assert run[f"step_s_{variant}"] > 0 and run[f"memory_bytes_{variant}"] > 0
+        assert run[f"step_page_faults_{variant}"] >= 0 and run[f"step_system_s_{variant}"] >= 0
+    assert "step_system_s_dsd" in printed and "step_page_faults_basic" in printed
     assert run["cpu"] and run["threads"] >= 1 and run["copy_bandwidth_gbps"] > 0 and run["operator_latency_us"] > 0
     counts = results["model"]["counts"]
     assert counts["host_dsd"]["bytes"] > counts["host_basic"]["bytes"] > 0
@@ -71,13 +73,24 @@ def test_step_ratio_pairs_each_round_and_reverses_the_order(monkeypatch):
         def eval_forward(self, module):
             return 1.0
 
+    # page faults and system seconds read before and after each timed step, in the order of the steps above:
+    # Basic's steps take 10, 30 and 20 faults and 1, 3 and 2 s, the others none
+    basic_steps = iter([(10, 1.0), (30, 3.0), (20, 2.0)])
+    readings = []
+    for variant in ["basic", "ds", "dsd", "dsd", "ds", "basic", "basic", "ds", "dsd"]:
+        faults, seconds = next(basic_steps) if variant == "basic" else (0, 0.0)
+        readings += [(100, 5.0), (100 + faults, 5.0 + seconds)]
+    readings = iter(readings)
     monkeypatch.setattr(step_cost, "TrainingStep", ScriptedStep)
+    monkeypatch.setattr(step_cost, "_kernel_work", lambda: next(readings))
     result = step_cost.measure_times(Setup(**TINY), torch.device("cpu"), steps=3)
     assert calls[3:] == ["basic", "ds", "dsd", "dsd", "ds", "basic", "basic", "ds", "dsd"]
     assert result["step_times_s"]["dsd"] == [1.1, 2.4, 4.4]
     assert result["step_ratio_dsd"] == pytest.approx(1.1)  # median of 1.1, 1.2, 1.1
     assert result["step_ratio_dsd_of_medians"] == pytest.approx(1.2)  # 2.4 / 2.0
     assert result["step_ratio_ds"] == pytest.approx(1.0)
+    assert result["step_page_faults_basic"] == 20 and result["step_system_s_basic"] == 2.0  # medians
+    assert result["step_page_faults_dsd"] == 0 and result["step_system_s_dsd"] == 0.0
 
 
 @pytest.mark.parametrize("options, message", [({"repeat": 0}, "--repeat"), ({"amp_dtype": "float8"}, "amp_dtype")])
