@@ -30,8 +30,9 @@ input are kept; the backward pass makes the supervised heads' blocks once more r
 their softmax.
 
 On the CPU, in float32 and float64, the softmaxes, sums and logit gradients of a block are made by the fused
-kernels of :mod:`custom.native` in one pass over the block's logits; the matmuls that make the logits and carry
-their gradients to the heads stay PyTorch's. Elsewhere, or where the kernels cannot be built, the same formulas
+kernels of :mod:`custom.native` in one pass over the block's logits, and a gathered head's input and gradient are
+copied by its column kernels, which read and write each channel in address order; the matmuls that make the logits
+and carry their gradients to the heads stay PyTorch's. Elsewhere, or where the kernels cannot be built, the same formulas
 run as PyTorch operators.
 """
 

@@ -92,6 +92,26 @@ def test_native_results_do_not_depend_on_the_thread_count():
 
 
 @pytest.mark.usefixtures("kernels_build")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_column_kernels_gather_and_scatter_as_index_select_and_index_copy(dtype):
+    generator = torch.Generator().manual_seed(0)
+    source = torch.randn(2, 3, 50, dtype=dtype, generator=generator)  # rows 50 apart, as one item of a batch
+    index = torch.randperm(50, generator=generator)[:20]
+    columns = native.sorted_columns(index)
+    kernels = native.native_kernels(dtype, torch.device("cpu"))
+
+    block = torch.empty(3, 20, dtype=dtype)
+    kernels.gather_columns(source[1], block, columns)
+    assert torch.equal(block, source[1].index_select(1, index))
+
+    target = source.clone()
+    kernels.scatter_columns(target[1], block * 2, columns, add=False)
+    assert torch.equal(target[1], source[1].index_copy(1, index, block * 2)) and torch.equal(target[0], source[0])
+    kernels.scatter_columns(target[1], block, columns, add=True)
+    assert torch.equal(target[1], source[1].index_copy(1, index, block * 3))
+
+
+@pytest.mark.usefixtures("kernels_build")
 def test_labels_outside_the_classes_are_refused_before_the_kernels_read_them():
     heads = deferred_heads(SPATIAL, ENCODER_SCALES, K)
     target = torch.randint(0, K, (2, 1, *SPATIAL))
