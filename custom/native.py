@@ -110,7 +110,6 @@ class NativeKernels:
         if status:
             raise MemoryError("DSD loss: the native Dice gradient kernel could not allocate its scratch memory.")
 
-
     def gather_columns(
         self, source: torch.Tensor, out: torch.Tensor, columns: tuple[torch.Tensor, torch.Tensor]
     ) -> None:
@@ -121,28 +120,28 @@ class NativeKernels:
             out: contiguous ``(channels, n)``.
             columns: two int64 ``(n,)`` indices, as :func:`sorted_columns` makes them.
         """
-        natural, position = columns
-        for tensor in (out, natural, position):
-            _check_contiguous(tensor)
-        _check_rows(source)
-        self._gather_columns(
-            _pointer(source), ctypes.c_int64(source.stride(0)), _pointer(out), ctypes.c_int64(out.shape[1]),
-            ctypes.c_int(out.shape[0]), _pointer(natural), _pointer(position), ctypes.c_int(torch.get_num_threads()),
-        )  # fmt: skip
+        self._gather_columns(*_column_arguments(source, out, columns), ctypes.c_int(torch.get_num_threads()))
 
     def scatter_columns(
         self, target: torch.Tensor, block: torch.Tensor, columns: tuple[torch.Tensor, torch.Tensor], add: bool
     ) -> None:
         """``target[:, natural] = block[:, position]``, or ``+=`` with ``add``: the inverse of :meth:`gather_columns`."""
-        natural, position = columns
-        for tensor in (block, natural, position):
-            _check_contiguous(tensor)
-        _check_rows(target)
-        self._scatter_columns(
-            _pointer(target), ctypes.c_int64(target.stride(0)), _pointer(block), ctypes.c_int64(block.shape[1]),
-            ctypes.c_int(block.shape[0]), _pointer(natural), _pointer(position), ctypes.c_int(int(add)),
-            ctypes.c_int(torch.get_num_threads()),
-        )  # fmt: skip
+        arguments = _column_arguments(target, block, columns)
+        self._scatter_columns(*arguments, ctypes.c_int(int(add)), ctypes.c_int(torch.get_num_threads()))
+
+
+def _column_arguments(
+    volume: torch.Tensor, block: torch.Tensor, columns: tuple[torch.Tensor, torch.Tensor]
+) -> list[ctypes.c_void_p | ctypes.c_int64 | ctypes.c_int]:
+    """What both column kernels take: the volume and its row stride, the block, its width and rows, the indices."""
+    natural, position = columns
+    for tensor in (block, natural, position):
+        _check_contiguous(tensor)
+    _check_rows(volume)
+    return [
+        _pointer(volume), ctypes.c_int64(volume.stride(0)), _pointer(block), ctypes.c_int64(block.shape[1]),
+        ctypes.c_int(block.shape[0]), _pointer(natural), _pointer(position),
+    ]  # fmt: skip
 
 
 def sorted_columns(index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
