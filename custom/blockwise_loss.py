@@ -346,11 +346,14 @@ class _Head:
         return block // self.per_sub_position, self.layout.block(block % self.per_sub_position)
 
     def _gather(self, b: int, voxels: slice, out: torch.Tensor) -> None:
-        """Copy the block ``voxels`` of item ``b``'s low-res input, read in its own order, to ``out``."""
-        if self.native is None:
-            torch.index_select(self.low[b], 1, self.order[voxels], out=out)
+        """Copy the block ``voxels`` of item ``b``'s low-res input, read in its own order, to ``out`` in its dtype."""
+        source = self.low[b]
+        if source.dtype != out.dtype:  # half precision under autocast: the block is computed in float32
+            out.copy_(source.index_select(1, self.order[voxels]))
+        elif self.native is None:
+            torch.index_select(source, 1, self.order[voxels], out=out)
         else:
-            self.native.gather_columns(self.low[b], out, self._columns(voxels))
+            self.native.gather_columns(source, out, self._columns(voxels))
 
     def _columns(self, voxels: slice) -> tuple[torch.Tensor, torch.Tensor]:
         return _sorted_block(self.low_levels, self.layout.coarse, self.order.device, voxels.start, voxels.stop)
@@ -362,10 +365,7 @@ class _Head:
         key = (b, voxels.start)
         if self._gathered_block is None or self._gathered_block[0] != key:
             out = scratch(f"input of head {self.index}", self.in_channels, ones_row=True)
-            if self.low.dtype == self.dtype:
-                self._gather(b, voxels, out[:-1])
-            else:  # half precision under autocast: the block is computed in float32
-                out[:-1].copy_(self.low[b].index_select(1, self.order[voxels]))
+            self._gather(b, voxels, out[:-1])
             self._gathered_block = (key, out)
         return self._gathered_block[1]
 

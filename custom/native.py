@@ -120,20 +120,27 @@ class NativeKernels:
             out: contiguous ``(channels, n)``.
             columns: two int64 ``(n,)`` indices, as :func:`sorted_columns` makes them.
         """
-        self._gather_columns(*_column_arguments(source, out, columns), ctypes.c_int(torch.get_num_threads()))
+        arguments = _column_arguments(source, out, columns, self.dtype)
+        self._gather_columns(*arguments, ctypes.c_int(torch.get_num_threads()))
 
     def scatter_columns(
         self, target: torch.Tensor, block: torch.Tensor, columns: tuple[torch.Tensor, torch.Tensor], add: bool
     ) -> None:
         """``target[:, natural] = block[:, position]``, or ``+=`` with ``add``: the inverse of :meth:`gather_columns`."""
-        arguments = _column_arguments(target, block, columns)
+        arguments = _column_arguments(target, block, columns, self.dtype)
         self._scatter_columns(*arguments, ctypes.c_int(int(add)), ctypes.c_int(torch.get_num_threads()))
 
 
 def _column_arguments(
-    volume: torch.Tensor, block: torch.Tensor, columns: tuple[torch.Tensor, torch.Tensor]
+    volume: torch.Tensor, block: torch.Tensor, columns: tuple[torch.Tensor, torch.Tensor], dtype: torch.dtype
 ) -> list[ctypes.c_void_p | ctypes.c_int64 | ctypes.c_int]:
-    """What both column kernels take: the volume and its row stride, the block, its width and rows, the indices."""
+    """What both column kernels take: the volume and its row stride, the block, its width and rows, the indices.
+
+    Raises:
+        ValueError: a tensor is not in the kernels' dtype or layout.
+    """
+    if volume.dtype != dtype or block.dtype != dtype:
+        raise ValueError(f"DSD loss: the {dtype} column kernels got {volume.dtype} and {block.dtype} tensors.")
     natural, position = columns
     for tensor in (block, natural, position):
         _check_contiguous(tensor)

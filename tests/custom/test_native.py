@@ -109,6 +109,8 @@ def test_column_kernels_gather_and_scatter_as_index_select_and_index_copy(dtype)
     assert torch.equal(target[1], source[1].index_copy(1, index, block * 2)) and torch.equal(target[0], source[0])
     kernels.scatter_columns(target[1], block, columns, add=True)
     assert torch.equal(target[1], source[1].index_copy(1, index, block * 3))
+    with pytest.raises(ValueError, match="column kernels"):
+        kernels.gather_columns(source[1].half(), block, columns)
 
 
 @pytest.mark.usefixtures("kernels_build")
