@@ -20,9 +20,14 @@ def usable_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+def xdist_workers() -> int:
+    """How many pytest-xdist workers run the suite; 1 without xdist or with ``-n 0``."""
+    return int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+
+
 def threads_per_worker() -> int:
     """Intra-op threads of each pytest-xdist worker: the usable cores split between the workers."""
-    return max(1, usable_cores() // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+    return max(1, usable_cores() // xdist_workers())
 
 
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
@@ -36,7 +41,7 @@ def pytest_configure(config: pytest.Config) -> None:
     Each worker would otherwise start as many intra-op threads as the host has cores, and OpenMP threads
     that outnumber the cores wait on one another.
     """
-    if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+    if xdist_workers() > 1:
         os.environ["OMP_NUM_THREADS"] = str(threads_per_worker())
         torch.set_num_threads(threads_per_worker())
 

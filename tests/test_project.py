@@ -36,9 +36,9 @@ def test_ci_runs_the_readme_test_command():
 
 
 def test_parallel_test_workers_share_the_cores_between_them():
-    from tests.conftest import threads_per_worker
+    from tests.conftest import threads_per_worker, xdist_workers
 
-    if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) == 1:
+    if xdist_workers() == 1:
         pytest.skip("the suite runs in one process (-n 0)")
     threads = threads_per_worker()
     # the commands a test spawns read OMP_NUM_THREADS; the worker's own tensors use torch's setting
