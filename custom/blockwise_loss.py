@@ -19,6 +19,9 @@ first, see :func:`_digits_first`), in which upsampling a block is a single matmu
 of voxels; the bias rides along as an input channel of ones. A head read whole by every block is put
 in that order once; a head read in slices (the full-resolution one, whose 1x1x1 convolution is done
 here too) is gathered block by block from its own order and its gradient written straight back there.
+When that head has fewer classes than feature channels, its convolution runs once over the whole map
+and its logits are gathered instead, fewer bytes than its features. The kernel gradients, sums over
+many voxels into a few numbers, are taken as batched partial products (:func:`_add_products`).
 
 The blocks of all heads are stacked, so that each softmax and each elementwise step is one operator
 for every head, and they live in a few scratch tensors of the block's size, reused by every block of a
@@ -234,10 +237,36 @@ def _sorted_block(
         return sorted_columns(_digit_index(levels, coarse, device)[0][start:stop])
 
 
-def _reorder(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """``(B, C, voxels)`` with the voxels taken in the order of ``index``."""
+def _reorder(x: torch.Tensor, index: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``(B, C, voxels)`` with the voxels taken in the order of ``index``, or ``out`` (any shape) holding them."""
     # a 2-d index_select takes a fast path that the 3-d one along its last dimension does not
-    return x.reshape(-1, x.shape[-1]).index_select(1, index).view(*x.shape[:2], -1)
+    rows = x.reshape(-1, x.shape[-1])
+    if out is None:
+        return rows.index_select(1, index).view(*x.shape[:2], -1)
+    torch.index_select(rows, 1, index, out=out.view(rows.shape[0], -1))
+    return out
+
+
+#: Voxels per partial product of a kernel gradient: long products are split in runs of at least this many.
+PRODUCT_RUN_VOXELS = 4096
+
+
+def _add_products(out: torch.Tensor, grad: torch.Tensor, inputs: torch.Tensor, alpha: float) -> None:
+    """``out += alpha * grad @ inputs.T``, a sum over many voxels into a small ``(rows, channels)`` matrix.
+
+    BLAS runs such a product, short and wide with a long inner dimension, on one core at a fraction of its speed,
+    so a long one is split into runs of voxels whose partial products are one batched matmul, then added in order.
+    """
+    runs = 1
+    while grad.shape[1] % (2 * runs) == 0 and grad.shape[1] // (2 * runs) >= PRODUCT_RUN_VOXELS:
+        runs *= 2
+    if runs == 1:
+        out.addmm_(grad, inputs.t(), alpha=alpha)
+        return
+    partial = torch.bmm(
+        grad.view(grad.shape[0], runs, -1).transpose(0, 1), inputs.view(inputs.shape[0], runs, -1).permute(1, 2, 0)
+    )
+    out.add_(partial.sum(0), alpha=alpha)
 
 
 class _Layout:
@@ -318,13 +347,17 @@ class _Head:
         # A head read whole by every block is put in the layout's order once; one read in slices (the
         # full-resolution head) is gathered block by block, which never copies the whole tensor.
         self.gathered = self.per_sub_position > 1
+        self.features: torch.Tensor | None = None
+        narrowing = sub_positions == 1 and not plain and self.classes < self.in_channels  # a 1x1x1 convolution
+        if self.gathered and narrowing and flat.dtype == dtype:
+            flat = self._convolve(flat, weight, bias)
         if self.gathered:
             self.low = flat
         else:
             ordered = _reorder(flat, self.order).to(dtype)
             self.low = ordered if plain else torch.cat([ordered, ordered.new_ones(ordered.shape[0], 1, ordered.shape[2])], 1)
         self._gathered_block: tuple[tuple[int, int], torch.Tensor] | None = None
-        if not plain:
+        if not self.plain:
             ones = [1] * len(self.scale)
             kernel = _digits_first(weight.to(dtype), self.kernel_levels, ones).permute(1, 2, 0)  # (K_out, S, K_in)
             bias = _digits_first(bias.to(dtype)[None], self.kernel_levels, ones)[0]  # (K_out, S)
@@ -332,14 +365,28 @@ class _Head:
             self.rows = rows.view(self.classes, -1, self.count, self.in_channels + 1).transpose(0, 1)
             self.rows = self.rows.reshape(-1, self.classes * self.count, self.in_channels + 1)  # (slots, rows, K_in + 1)
 
+    def _convolve(self, features: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        """The ``(B, K, voxels)`` logits of a head of scale 1, made whole from its ``(B, C, voxels)`` features.
+
+        With fewer classes than channels, gathering the logits block by block moves fewer bytes than gathering the
+        features, and the 1x1x1 convolution and its gradients run once over the whole map; the head is plain from here.
+        """
+        self.features, self.kernel = features, weight.reshape(self.in_channels, self.classes).to(self.dtype)
+        logits = features.new_empty(features.shape[0], self.classes, features.shape[2])
+        for b in range(features.shape[0]):
+            torch.addmm(bias.reshape(-1, 1).to(self.dtype), self.kernel.t(), features[b], out=logits[b])
+        self.features_shape, self.shape = self.shape, torch.Size((self.shape[0], self.classes, *self.shape[2:]))
+        self.in_channels, self.plain = self.classes, True
+        return logits
+
     def grads(self) -> _Grads:
         """Accumulators of the gradients of the low-res input and of the kernel rows."""
         device = self.order.device
-        if self.gathered:  # written slice by slice in the head's own order
-            low = torch.empty(*self.shape[:2], self.order.numel(), dtype=self.dtype, device=device)
-        else:
-            low = torch.zeros(*self.shape[:2], self.order.numel(), dtype=self.dtype, device=device)
-        return _Grads(low, torch.zeros_like(self.rows) if self.kernel_grad else None)
+        rows = torch.zeros_like(self.rows) if self.kernel_grad and not self.plain else None
+        if self.gathered:  # written slice by slice in the head's own order, and returned as it is
+            shaped = torch.empty(self.shape, dtype=self.dtype, device=device)
+            return _Grads(shaped.view(*self.shape[:2], -1), rows, shaped)
+        return _Grads(torch.zeros(*self.shape[:2], self.order.numel(), dtype=self.dtype, device=device), rows)
 
     def _select(self, block: int) -> tuple[int, slice]:
         """The slot of kernel sub-positions and the low-res voxels that make one block."""
@@ -389,7 +436,7 @@ class _Head:
         if not self.plain:
             grad = grad.view(self.rows.shape[1], -1)
             if grads.rows is not None:
-                grads.rows[slot].addmm_(grad, self._low_block(b, voxels, scratch).t(), alpha=alpha)
+                _add_products(grads.rows[slot], grad, self._low_block(b, voxels, scratch), alpha)
         if not self.gathered:
             if self.plain:
                 grads.low[b][:, voxels].add_(grad, alpha=alpha)
@@ -414,8 +461,14 @@ class _Head:
 
     def input_grads(self, grads: _Grads, dtypes: Sequence[torch.dtype]) -> list[torch.Tensor | None]:
         """Gradients of ``(low_res, weight, bias)`` in their own layouts and dtypes."""
-        grad_low = grads.low if self.gathered else _reorder(grads.low, self.inverse)
-        grad_low = grad_low.view(self.shape).to(dtypes[0])
+        if self.features is not None:
+            return self._convolution_grads(grads.low, dtypes)
+        # Returned in a tensor of its own, no view: autograd then adds the backbone's gradient of the same features
+        # into it in place, where it would make a new tensor of their size for a view.
+        if grads.shaped is None:
+            shaped = torch.empty(self.shape, dtype=self.dtype, device=self.order.device)
+            grads.shaped = _reorder(grads.low, self.inverse, shaped)
+        grad_low = grads.shaped.to(dtypes[0])
         if grads.rows is None:
             return [grad_low, None, None]
         ones = [1] * len(self.scale)
@@ -426,12 +479,29 @@ class _Head:
         return [grad_low, grad_weight, grad_bias]
 
 
+    def _convolution_grads(self, grad_logits: torch.Tensor, dtypes: Sequence[torch.dtype]) -> list[torch.Tensor | None]:
+        """Gradients of ``(features, weight, bias)`` of a head made by :meth:`_convolve`, from its logits' gradient."""
+        grad_features = torch.empty(self.features_shape, dtype=self.dtype, device=grad_logits.device)
+        flat = grad_features.view(*self.features_shape[:2], -1)
+        for b in range(flat.shape[0]):
+            torch.mm(self.kernel, grad_logits[b], out=flat[b])
+        if not self.kernel_grad:
+            return [grad_features.to(dtypes[0]), None, None]
+        grad_kernel = grad_logits.new_zeros(self.classes, self.features_shape[1])
+        for b in range(flat.shape[0]):
+            _add_products(grad_kernel, grad_logits[b], self.features[b], 1.0)
+        grad_weight = grad_kernel.t().reshape(self.features_shape[1], self.classes, *self.scale)
+        grad_bias = grad_logits.sum((0, 2)).view(self.classes, *self.scale)
+        return [grad_features.to(dtypes[0]), grad_weight.to(dtypes[1]), grad_bias.to(dtypes[2])]
+
+
 @dataclass
 class _Grads:
     """A head's gradient accumulators: low-res input (the layout's order, or its own for a gathered head), kernel rows."""
 
     low: torch.Tensor
     rows: torch.Tensor | None
+    shaped: torch.Tensor | None = None  # the input's gradient in its own shape, where ``low`` is a view of it
     written: set[tuple[int, int]] = field(default_factory=set)  # a gathered head's slices written so far
 
     def scale_(self, weight: torch.Tensor) -> _Grads:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import shutil
 import subprocess
 import sys
@@ -491,16 +492,21 @@ def deferred_heads(
     dtype: torch.dtype = torch.float64,
     seed: int = 0,
     batch: int = 2,
+    features: int | None = None,
 ) -> list[DeferredLogits]:
-    """Deferred logits of the given scales with random kernels and position-dependent biases, as leaves."""
+    """Deferred logits of the given scales with random kernels and position-dependent biases, as leaves.
+
+    A head of scale 1 reads a feature map of ``features`` channels (default: ``classes``) through its 1x1x1 kernel.
+    """
     g = torch.Generator().manual_seed(seed)
     heads = []
     for s in scales:
         s = (s,) * len(spatial) if isinstance(s, int) else tuple(s)
         low = [n // f for n, f in zip(spatial, s)]
+        channels = features if features is not None and math.prod(s) == 1 else classes
         tensors = (
-            2 * torch.randn(batch, classes, *low, generator=g, dtype=dtype),
-            torch.randn(classes, classes, *s, generator=g, dtype=dtype) / 2,
+            2 * torch.randn(batch, channels, *low, generator=g, dtype=dtype),
+            torch.randn(channels, classes, *s, generator=g, dtype=dtype) / 2,
             torch.randn(classes, *s, generator=g, dtype=dtype) / 2,
         )
         heads.append(DeferredLogits(*(t.requires_grad_() for t in tensors)))

@@ -53,17 +53,24 @@ GEOMETRIES = {"isotropic": ISOTROPIC, "anisotropic": ANISOTROPIC}
 # logits per block: one block per item; 64 voxels of 8 heads x 3 classes, more blocks than the coarser heads have
 # kernel positions; 64 logits, one voxel a block, every head gathered (slow: only for one case)
 BLOCK_SIZES = {"one_block": 64 * 150_000, "64_voxels": 64 * 8 * K, "one_voxel": 64}
+# the heads of scale 1 read as many channels as there are classes, or more (encoder1's features: made into logits
+# before they are gathered)
+FEATURES = {"narrow": K, "wide": 2 * K}
 EQ4_SETTINGS = [
-    *itertools.product(sorted(CASES), GEOMETRIES, ("one_block", "64_voxels")),
-    *[("dsd", geometry, "one_voxel") for geometry in GEOMETRIES],
+    *itertools.product(sorted(CASES), GEOMETRIES, ("one_block", "64_voxels"), ("narrow",)),
+    *[("dsd", geometry, "one_voxel", "narrow") for geometry in GEOMETRIES],
+    *itertools.product(("dsd", "detached"), GEOMETRIES, ("one_block", "64_voxels"), ("wide",)),
 ]
 
 
-@pytest.mark.parametrize("case, geometry, block_size", EQ4_SETTINGS, ids=["-".join(s) for s in EQ4_SETTINGS])
-def test_blockwise_terms_and_gradients_equal_eq4(case, geometry, block_size, monkeypatch):
+@pytest.mark.parametrize(
+    "case, geometry, block_size, features", EQ4_SETTINGS, ids=["-".join(s) for s in EQ4_SETTINGS]
+)
+def test_blockwise_terms_and_gradients_equal_eq4(case, geometry, block_size, features, monkeypatch):
     monkeypatch.setitem(blockwise_loss.BLOCK_ELEMENTS, "cpu", BLOCK_SIZES[block_size])
     spatial, encoder_scales, decoder_scales = GEOMETRIES[geometry]
-    encoders, decoders = deferred_heads(spatial, encoder_scales, K), deferred_heads(spatial, decoder_scales, K, seed=1)
+    encoders = deferred_heads(spatial, encoder_scales, K, features=FEATURES[features])
+    decoders = deferred_heads(spatial, decoder_scales, K, seed=1)
     target = torch.randint(0, K, (2, 1, *spatial), generator=torch.Generator().manual_seed(2))
     weights = {"eta": 0.7, "alpha1": 0.5, "alpha2": 0.3, "tau": 3.0}
 
@@ -247,3 +254,30 @@ def test_identical_twice_with_deterministic_algorithms(monkeypatch):
     (terms, grads), (terms_again, grads_again) = runs
     assert all(torch.equal(terms[name], terms_again[name]) for name in terms)
     assert all(torch.equal(a, b) for a, b in zip(grads, grads_again))
+
+
+@pytest.mark.parametrize("block_size", ["one_block", "64_voxels"])
+def test_input_gradients_are_tensors_of_their_own(block_size, monkeypatch):
+    """No returned gradient is a view, so autograd adds a backbone's gradient of the same features into it in place."""
+    monkeypatch.setitem(blockwise_loss.BLOCK_ELEMENTS, "cpu", BLOCK_SIZES[block_size])  # ordered, then gathered heads
+    spatial, encoder_scales, decoder_scales = ISOTROPIC
+    heads = deferred_heads(spatial, encoder_scales + decoder_scales, K)
+    target = torch.randint(0, K, (2, 1, *spatial))
+    terms = blockwise_head_terms(heads, target, [4, 5], [KLGroup(3, (0, 1, 2))], 3.0, False, DiceCESettings())
+    returned = []
+    terms[0].grad_fn.register_hook(lambda grad_inputs, grad_outputs: returned.extend(grad_inputs))
+    sum(terms).backward()
+    low_res = [grad for grad in returned[-3 * len(heads) :: 3] if grad is not None]  # (low_res, weight, bias) a head
+    assert [grad.shape for grad in low_res] == [head.low_res.shape for head in heads[:6]]
+    assert all(grad._base is None and grad.is_contiguous() for grad in low_res)
+
+
+@pytest.mark.parametrize("voxels", [6, 4096 * 3, 4096 * 8, 4096 * 4 + 2])
+def test_kernel_gradient_products_equal_one_matmul(voxels):
+    generator = torch.Generator().manual_seed(0)
+    grad = torch.randn(5, voxels, dtype=torch.float64, generator=generator)
+    inputs = torch.randn(4, 2 * voxels, dtype=torch.float64, generator=generator)[:, 1::2]  # strided like a slice
+    out = torch.randn(5, 4, dtype=torch.float64, generator=generator)
+    expected = out.addmm(grad, inputs.t(), alpha=-0.5)
+    blockwise_loss._add_products(out, grad, inputs, -0.5)
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
