@@ -26,7 +26,9 @@
 #define NAME(name) name##_f32
 #endif
 
-#define TILE 64
+/* Long enough that each of a block's many rows is read in runs that the prefetchers follow: 256 took a block of 8
+ * heads in 8.7 ms where 64 took 12.7 ms. */
+#define TILE 256
 
 /* log-softmax and softmax over the classes of T voxels of one head, of the logits times `scale`. */
 static void NAME(softmax_tile)(const REAL *x, int64_t stride, int classes, int T, REAL scale, REAL *log_p,

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import platform
+import shutil
+import warnings
+
 import pytest
 import torch
 
@@ -172,5 +176,27 @@ def test_a_built_library_is_kept_and_loaded_without_the_compiler(tmp_path, monke
 
         monkeypatch.setattr(native.subprocess, "run", no_compiler)
         assert native.native_kernels(torch.float64, torch.device("cpu")) is not None
+    finally:
+        native._library.cache_clear()
+
+
+@pytest.mark.usefixtures("kernels_build")
+@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="the vector-width option is x86's")
+def test_a_compiler_without_the_vector_width_option_builds_without_it(tmp_path, monkeypatch):
+    compiler = tmp_path / "old-cc"
+    real = shutil.which("cc") or shutil.which("gcc")
+    compiler.write_text(
+        f'#!/bin/sh\nfor a in "$@"; do case "$a" in -mprefer-vector-width=*) exit 1;; esac; done\nexec {real} "$@"\n'
+    )
+    compiler.chmod(0o755)
+    monkeypatch.setenv("CC", str(compiler))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    native._library.cache_clear()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            kernels = native.native_kernels(torch.float64, torch.device("cpu"))
+        assert kernels is not None
+        assert len(list((tmp_path / "monai-dsd").glob("dsd_blockwise-*.so"))) == 1
     finally:
         native._library.cache_clear()
