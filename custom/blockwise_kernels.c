@@ -3,7 +3,7 @@
  *
  * The PyTorch formulation of a block passes over the block's logits once per softmax, exp and elementwise step;
  * here each tile of TILE voxels is read once and every term and gradient of the tile is made while it sits in
- * registers and L1. Compiled once with REAL = float and once with REAL = double (DSD_DOUBLE), so that the
+ * the core's caches. Compiled once with REAL = float and once with REAL = double (DSD_DOUBLE), so that the
  * float64 equality tests run through the same code as float32 training.
  *
  * Logits are (heads, classes, voxels), classes `voxels` apart. Voxels are split into chunks of a fixed size whose

@@ -247,18 +247,19 @@ def _reorder(x: torch.Tensor, index: torch.Tensor, out: torch.Tensor | None = No
     return out
 
 
-#: Voxels per partial product of a kernel gradient: long products are split in runs of at least this many.
-PRODUCT_RUN_VOXELS = 4096
+#: Fewest voxels per partial product of a kernel gradient, by device type; ``None``: one product (see _add_products).
+PRODUCT_RUN_VOXELS: dict[str, int | None] = {"cpu": 4096, "cuda": None}
 
 
 def _add_products(out: torch.Tensor, grad: torch.Tensor, inputs: torch.Tensor, alpha: float) -> None:
     """``out += alpha * grad @ inputs.T``, a sum over many voxels into a small ``(rows, channels)`` matrix.
 
-    BLAS runs such a product, short and wide with a long inner dimension, on one core at a fraction of its speed,
-    so a long one is split into runs of voxels whose partial products are one batched matmul, then added in order.
+    A CPU's BLAS runs such a product, short and wide with a long inner dimension, on one core at a fraction of its
+    speed, so there a long one is split into runs of voxels whose partial products are one batched matmul, then added
+    in order. A GPU's BLAS splits the inner dimension itself, and each operator more is one launch more.
     """
-    runs = 1
-    while grad.shape[1] % (2 * runs) == 0 and grad.shape[1] // (2 * runs) >= PRODUCT_RUN_VOXELS:
+    shortest, runs = PRODUCT_RUN_VOXELS.get(grad.device.type), 1
+    while shortest and grad.shape[1] % (2 * runs) == 0 and grad.shape[1] // (2 * runs) >= shortest:
         runs *= 2
     if runs == 1:
         out.addmm_(grad, inputs.t(), alpha=alpha)

@@ -149,16 +149,19 @@ class TrafficCounter(TorchDispatchMode):
 
 @contextmanager
 def blockwise_loss_as_on(device_type: str) -> Iterator[None]:
-    """Let the blockwise loss on this machine run as it does on ``device_type``: its blocks cut as there, and off
-    the CPU without the fused CPU kernels, which a GPU never runs."""
-    saved = blockwise_loss.BLOCK_ELEMENTS["cpu"], os.environ.get(native.SWITCH)
-    blockwise_loss.BLOCK_ELEMENTS["cpu"] = blockwise_loss.BLOCK_ELEMENTS[device_type]
+    """Let the blockwise loss on this machine run as it does on ``device_type``: its blocks cut and its kernel
+    gradients split as there, and off the CPU without the fused CPU kernels, which a GPU never runs."""
+    settings = (blockwise_loss.BLOCK_ELEMENTS, blockwise_loss.PRODUCT_RUN_VOXELS)
+    saved = [setting["cpu"] for setting in settings], os.environ.get(native.SWITCH)
+    for setting in settings:
+        setting["cpu"] = setting[device_type]
     if device_type != "cpu":
         os.environ[native.SWITCH] = "0"
     try:
         yield
     finally:
-        blockwise_loss.BLOCK_ELEMENTS["cpu"] = saved[0]
+        for setting, value in zip(settings, saved[0]):
+            setting["cpu"] = value
         if saved[1] is None:
             os.environ.pop(native.SWITCH, None)
         else:

@@ -7,6 +7,7 @@ import os
 import pytest
 import torch
 
+import custom.blockwise_loss as blockwise_loss
 import custom.native as native
 from dsd_lab.benchmarks import traffic as traffic_model
 from dsd_lab.benchmarks.traffic import Gpu, Traffic, TrafficCounter, gpu_step_seconds, host_ratio
@@ -82,6 +83,12 @@ def test_fused_kernel_calls_count_as_one_operator_each_with_their_tensors():
 
 def test_the_gpu_count_runs_the_loss_without_the_cpu_kernels(monkeypatch):
     monkeypatch.delenv(native.SWITCH, raising=False)
+    cpu_settings = blockwise_loss.BLOCK_ELEMENTS["cpu"], blockwise_loss.PRODUCT_RUN_VOXELS["cpu"]
     with traffic_model.blockwise_loss_as_on("cuda"):
         assert native.native_kernels(torch.float32, torch.device("cpu")) is None
+        inputs, grad, out = torch.ones(2, 1 << 16), torch.ones(3, 1 << 16), torch.zeros(3, 2)
+        with TrafficCounter() as counter:
+            blockwise_loss._add_products(out, grad, inputs, 1.0)  # one product, as a GPU's BLAS takes it
+        assert len(counter.traffic.operators) == 1
     assert native.SWITCH not in os.environ
+    assert (blockwise_loss.BLOCK_ELEMENTS["cpu"], blockwise_loss.PRODUCT_RUN_VOXELS["cpu"]) == cpu_settings
