@@ -35,8 +35,8 @@ their softmax.
 On the CPU, in float32 and float64, the softmaxes, sums and logit gradients of a block are made by the fused
 kernels of :mod:`custom.native` in one pass over the block's logits, and a gathered head's input and gradient are
 copied by its column kernels, which read and write each channel in address order; the matmuls that make the logits
-and carry their gradients to the heads stay PyTorch's. Elsewhere, or where the kernels cannot be built, the same formulas
-run as PyTorch operators.
+and carry their gradients to the heads stay PyTorch's. Elsewhere, or where the kernels cannot be built, the same
+formulas run as PyTorch operators.
 """
 
 from __future__ import annotations
@@ -374,8 +374,9 @@ class _Head:
         """
         self.features, self.kernel = features, weight.reshape(self.in_channels, self.classes).to(self.dtype)
         logits = features.new_empty(features.shape[0], self.classes, features.shape[2])
+        bias = bias.reshape(-1, 1).to(self.dtype)
         for b in range(features.shape[0]):
-            torch.addmm(bias.reshape(-1, 1).to(self.dtype), self.kernel.t(), features[b], out=logits[b])
+            torch.addmm(bias, self.kernel.t(), features[b], out=logits[b])
         self.features_shape, self.shape = self.shape, torch.Size((self.shape[0], self.classes, *self.shape[2:]))
         self.in_channels, self.plain = self.classes, True
         return logits
@@ -384,7 +385,7 @@ class _Head:
         """Accumulators of the gradients of the low-res input and of the kernel rows."""
         device = self.order.device
         rows = torch.zeros_like(self.rows) if self.kernel_grad and not self.plain else None
-        if self.gathered:  # written slice by slice in the head's own order, and returned as it is
+        if self.gathered:  # written slice by slice in the head's own order; returned as it is unless _convolve made it
             shaped = torch.empty(self.shape, dtype=self.dtype, device=device)
             return _Grads(shaped.view(*self.shape[:2], -1), rows, shaped)
         return _Grads(torch.zeros(*self.shape[:2], self.order.numel(), dtype=self.dtype, device=device), rows)
@@ -478,7 +479,6 @@ class _Head:
         grad_weight = _digits_last(grad_rows[..., :-1].permute(2, 0, 1), self.kernel_levels, ones).to(dtypes[1])
         grad_bias = _digits_last(grad_rows[None, ..., -1], self.kernel_levels, ones)[0].to(dtypes[2])
         return [grad_low, grad_weight, grad_bias]
-
 
     def _convolution_grads(self, grad_logits: torch.Tensor, dtypes: Sequence[torch.dtype]) -> list[torch.Tensor | None]:
         """Gradients of ``(features, weight, bias)`` of a head made by :meth:`_convolve`, from its logits' gradient."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import platform
 import shutil
 import warnings
 
@@ -181,7 +180,7 @@ def test_a_built_library_is_kept_and_loaded_without_the_compiler(tmp_path, monke
 
 
 @pytest.mark.usefixtures("kernels_build")
-@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="the vector-width option is x86's")
+@pytest.mark.skipif(not native.is_x86_64(), reason="the vector-width option is x86's")
 def test_a_compiler_without_the_vector_width_option_builds_without_it(tmp_path, monkeypatch):
     compiler = tmp_path / "old-cc"
     real = shutil.which("cc") or shutil.which("gcc")
